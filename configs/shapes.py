@@ -1,0 +1,16 @@
+# Embedded default: procedural shapes at 32^2, tiny model; trains on 2 CPU cores in about 13 minutes.
+dataset = 'shapes'
+resolution = 32
+preset = 'tiny'
+patch = 4
+pe_sigma = 32.0
+batch_size = 16
+lr = 1e-3
+max_iters = 2000
+warmup_iters = 900   # ETS: reconstruction only
+ect_d = 140           # stages 0..7 over the 1,100 full-training steps (dt/t -> n(t)/128)
+ema_decay = 0.995
+log_interval = 100
+sample_interval = 400
+ckpt_interval = 400
+max_minutes = 14.5    # safety net: stop, checkpoint and exit inside the 15-minute budget

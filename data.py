@@ -1,0 +1,201 @@
+"""Datasets: every image dataset is a `get(indices) -> uint8 (B, H, W, 3)` over a fixed train/test split.
+
+shapes   the embedded default: procedural images, drawn on demand from (seed, index); no files.
+cifar10  the python pickle batches (cifar-10-batches-py/data_batch_1..5, test_batch), 50k/10k, 32^2.
+celeba   CelebA-HQ from an image folder, sorted, first 27,000 train / last 3,000 test, cached as .npy.
+folder   any directory tree of png/jpg images, centre-cropped and resized, last test_fraction as test.
+"""
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+
+
+# --- shapes: the embedded default -------------------------------------------------------------------
+FINE = 128  # sub-pixel samples per axis over the whole image: every resolution dividing 128 sees the same
+            # continuous image box-filtered over its pixels, so pooling the 2x image gives the 1x image
+
+
+def shape_params(seed, index):
+    """Per-image parameters: a two-colour linear background and 1-3 coloured primitives."""
+    rng = np.random.default_rng([seed, index])
+    bg = rng.uniform(0, 1, (2, 3))
+    angle = rng.uniform(0, 2 * np.pi)
+    shapes = []
+    for _ in range(rng.integers(1, 4)):
+        kind = ['disc', 'square', 'triangle', 'ring'][rng.integers(4)]
+        colour = rng.uniform(0, 1, 3)
+        if np.abs(colour - bg.mean(0)).max() < 0.35:  # keep every shape visible against the background
+            colour = 1 - colour
+        shapes.append(dict(kind=kind, colour=colour, centre=rng.uniform(-0.55, 0.55, 2),
+                           size=rng.uniform(0.2, 0.45), rot=rng.uniform(0, 2 * np.pi)))
+    return bg, angle, shapes
+
+
+def shape_mask(s, y, x):
+    """Inside-mask of one primitive at coordinates y, x in (-1, 1) (row, col)."""
+    dy, dx = y - s['centre'][0], x - s['centre'][1]
+    c, sn = np.cos(s['rot']), np.sin(s['rot'])
+    u, v = c * dx + sn * dy, -sn * dx + c * dy   # rotated frame
+    rad = np.sqrt(dx ** 2 + dy ** 2)
+    if s['kind'] == 'disc':
+        return rad < s['size']
+    if s['kind'] == 'ring':
+        return (rad < s['size']) & (rad > 0.55 * s['size'])
+    if s['kind'] == 'square':
+        return (np.abs(u) < 0.8 * s['size']) & (np.abs(v) < 0.8 * s['size'])
+    # equilateral triangle: inside all three half-planes at distance size/2 from the centre
+    inside = np.ones_like(u, dtype=bool)
+    for k in range(3):
+        a = 2 * np.pi * k / 3
+        inside &= (np.cos(a) * u + np.sin(a) * v) < 0.5 * s['size']
+    return inside
+
+
+def render_shapes(seed, index, resolution):
+    """One shapes image, box-filtered over each pixel with FINE/resolution sub-samples per axis -> uint8 (R, R, 3)."""
+    ss = max(1, FINE // resolution)
+    n = resolution * ss
+    coord = (np.arange(n) * 2 + 1) / n - 1
+    y, x = np.meshgrid(coord, coord, indexing='ij')
+    bg, angle, shapes = shape_params(seed, index)
+    g = (0.5 + 0.35 * (np.cos(angle) * x + np.sin(angle) * y))[..., None]
+    img = bg[0] * (1 - g) + bg[1] * g
+    for s in shapes:
+        m = shape_mask(s, y, x)[..., None]
+        img = np.where(m, s['colour'], img)
+    img = img.reshape(resolution, ss, resolution, ss, 3).mean(axis=(1, 3))
+    return np.round(img * 255).clip(0, 255).astype(np.uint8)
+
+
+class ShapesDataset:
+    """Procedural images: train = indices [0, n_train), test = [n_train, n_train + n_test) of one seed."""
+
+    def __init__(self, split='train', resolution=32, seed=0, n_train=50000, n_test=500):
+        self.resolution, self.seed = resolution, seed
+        self.offset, self.n = (0, n_train) if split == 'train' else (n_train, n_test)
+
+    def __len__(self):
+        return self.n
+
+    def get(self, indices, resolution=None):
+        res = resolution or self.resolution
+        imgs = [render_shapes(self.seed, self.offset + int(i), res) for i in indices]
+        return torch.from_numpy(np.stack(imgs))
+
+
+class ArrayDataset:
+    """A dataset held in memory as a uint8 array (N, H, W, 3)."""
+
+    def __init__(self, array):
+        self.array = array
+        self.resolution = array.shape[1]
+
+    def __len__(self):
+        return len(self.array)
+
+    def get(self, indices, resolution=None):
+        if resolution not in (None, self.resolution):
+            raise ValueError(f"this dataset is stored at {self.resolution}^2; it has no {resolution}^2 version")
+        return torch.from_numpy(self.array[np.asarray(indices)])
+
+
+# --- CIFAR-10 -----------------------------------------------------------------------------------------
+def load_cifar10(data_dir, split):
+    root = Path(data_dir)
+    if (root / 'cifar-10-batches-py').is_dir():
+        root = root / 'cifar-10-batches-py'
+    names = [f'data_batch_{i}' for i in range(1, 6)] if split == 'train' else ['test_batch']
+    arrays = []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"CIFAR-10 file {path} not found. Expected the python version: "
+                f"<data_dir>/cifar-10-batches-py/{{data_batch_1..5, test_batch}} (cifar-10-python.tar.gz, unpacked)")
+        try:
+            with open(path, 'rb') as f:
+                batch = pickle.load(f, encoding='bytes')
+            data = np.asarray(batch[b'data'], dtype=np.uint8)
+        except Exception as e:
+            raise ValueError(f"{path} is not a CIFAR-10 python pickle batch ({e})") from e
+        if data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"{path}: expected rows of 3072 bytes (3 x 32 x 32), got array of shape {data.shape}")
+        arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.ascontiguousarray(np.concatenate(arrays))
+
+
+# --- image folders (CelebA-HQ, anything) ----------------------------------------------------------------
+def list_images(data_dir):
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist; pass --data_dir pointing at a directory "
+                                f"of {'/'.join(IMAGE_EXTS)} files (searched recursively)")
+    files = sorted(p for p in root.rglob('*') if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTS)} images under {root}")
+    return files
+
+
+def load_image(path, resolution):
+    """Decode, centre-crop to a square, resize with antialiasing -> uint8 (R, R, 3)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert('RGB')
+    except Exception as e:
+        raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from e
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    if s != resolution:
+        im = im.resize((resolution, resolution), Image.BICUBIC, reducing_gap=None)  # PIL filters when shrinking
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_folder(files, resolution, cache_dir=None, desc='images'):
+    """Load files into (N, R, R, 3) uint8, once: a .npy cache keyed by the file list and resolution."""
+    key = hashlib.sha1(('\n'.join(map(str, files)) + f'|{resolution}').encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f'{desc}_{resolution}_{key}.npy' if cache_dir else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    out = np.stack([load_image(f, resolution) for f in tqdm(files, desc=f'loading {desc}', leave=False)])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix('.tmp.npy')
+        np.save(tmp, out)
+        os.replace(tmp, cache)  # atomic: a killed conversion never leaves a truncated cache
+    return out
+
+
+def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1, cache_dir=''):
+    """Dataset by name; see the module docstring for layouts and splits."""
+    if split not in ('train', 'test'):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == 'shapes':
+        return ShapesDataset(split, resolution, seed)
+    if not data_dir:
+        raise ValueError(f"--dataset {name} reads from disk: pass --data_dir PATH (see README, 'Real data')")
+    if name == 'cifar10':
+        if resolution != 32:
+            raise ValueError(f"CIFAR-10 is 32x32; got --resolution {resolution}")
+        return ArrayDataset(load_cifar10(data_dir, split))
+    if name in ('celeba', 'folder'):
+        files = list_images(data_dir)
+        if name == 'celeba' and len(files) == 30000:
+            n_train = 27000  # the Functa / mNIF split
+        else:
+            if name == 'celeba':
+                print(f"warning: CelebA-HQ has 30,000 images, found {len(files)}; using the last "
+                      f"{test_fraction:.0%} as test")
+            n_train = len(files) - max(1, int(round(test_fraction * len(files))))
+        files = files[:n_train] if split == 'train' else files[n_train:]
+        cache = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')
+        return ArrayDataset(load_folder(files, resolution, cache if name == 'celeba' else None, f'{name}_{split}'))
+    raise ValueError(f"unknown dataset {name!r}; choose shapes, cifar10, celeba or folder")

@@ -1,0 +1,408 @@
+"""Metrics: FID, Inception Score, precision/recall/F1 (k-NN manifolds), with pytorch-fid's InceptionV3.
+
+    python fid.py --ckpt out/ckpt.pt --n 50000 --steps 2 --inception pt_inception-2015-12-05-6726825d.pth
+    python fid.py --ckpt out/ckpt.pt --n 2000 --features pixels          # offline sanity check, no weights
+    python fid.py samples.npz reference.npz                              # two sample sets / cached stats
+
+InceptionV3 below has exactly the state-dict of the FID Inception weights file that pytorch-fid loads
+(pt_inception-2015-12-05-6726825d.pth: the TF 2015 Inception graph ported to PyTorch), so it loads it
+unchanged and gives the same features; tests/test_fid.py proves it on the recipe-weight test vectors.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy import linalg
+from tqdm import tqdm
+
+FID_WEIGHTS = 'pt_inception-2015-12-05-6726825d.pth'
+FID_WEIGHTS_SOURCE = ('the pytorch-fid GitHub release "fid_weights_init" (mseitzer/pytorch-fid), '
+                      'a port of the TF Inception graph 2015-12-05')
+
+
+# --- the network (torchvision's Inception3 with pytorch-fid's FID-specific blocks) ---------------------------
+class BasicConv2d(nn.Module):
+    def __init__(self, cin, cout, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)))
+
+
+def avg_pool(x):
+    # the TF graph averages over valid pixels only at the border
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    def __init__(self, cin, pool_features):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(cin, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
+
+    def forward(self, x):
+        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
+                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                          self.branch_pool(avg_pool(x))], 1)
+
+
+class InceptionB(nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.branch3x3 = BasicConv2d(cin, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(cin, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                          F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionC(nn.Module):
+    def __init__(self, cin, c7):
+        super().__init__()
+        self.branch1x1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(cin, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(cin, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+    def forward(self, x):
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        bd = x
+        for i in range(1, 6):
+            bd = getattr(self, f'branch7x7dbl_{i}')(bd)
+        return torch.cat([self.branch1x1(x), b7, bd, self.branch_pool(avg_pool(x))], 1)
+
+
+class InceptionD(nn.Module):
+    def __init__(self, cin):
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(cin, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x):
+        b7 = x
+        for i in range(1, 5):
+            b7 = getattr(self, f'branch7x7x3_{i}')(b7)
+        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):
+    """pool='avg' is Mixed_7b; the TF graph's Mixed_7c uses a max-pool in its pool branch."""
+
+    def __init__(self, cin, pool):
+        super().__init__()
+        self.pool = pool
+        self.branch1x1 = BasicConv2d(cin, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(cin, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(cin, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(cin, 192, kernel_size=1)
+
+    def forward(self, x):
+        b3 = self.branch3x3_1(x)
+        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        pooled = avg_pool(x) if self.pool == 'avg' else F.max_pool2d(x, 3, stride=1, padding=1)
+        return torch.cat([self.branch1x1(x), self.branch3x3_2a(b3), self.branch3x3_2b(b3),
+                          self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd), self.branch_pool(pooled)], 1)
+
+
+class InceptionV3(nn.Module):
+    """FID InceptionV3: float RGB in [0, 1], (N, 3, H, W), any size -> (pool3 (N, 2048), logits (N, 1008))."""
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.Mixed_5b = InceptionA(192, 32)
+        self.Mixed_5c = InceptionA(256, 64)
+        self.Mixed_5d = InceptionA(288, 64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, 128)
+        self.Mixed_6c = InceptionC(768, 160)
+        self.Mixed_6d = InceptionC(768, 160)
+        self.Mixed_6e = InceptionC(768, 192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280, 'avg')
+        self.Mixed_7c = InceptionE(2048, 'max')
+        self.fc = nn.Linear(2048, 1008)
+        self.eval()
+
+    def forward(self, x):
+        # pytorch-fid: bilinear resize to 299 (no antialias, align_corners=False), then [0, 1] -> [-1, 1]
+        x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)
+        x = 2 * x - 1
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, 3, stride=2)
+        for name in ('5b', '5c', '5d', '6a', '6b', '6c', '6d', '6e', '7a', '7b', '7c'):
+            x = getattr(self, f'Mixed_{name}')(x)
+        pool3 = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return pool3, self.fc(pool3)
+
+
+def inception_path(path=''):
+    """--inception PATH, else the torch hub cache file pytorch-fid downloads to."""
+    if path:
+        candidates = [path]
+    else:
+        candidates = [os.path.join(torch.hub.get_dir(), 'checkpoints', FID_WEIGHTS)]
+    for c in candidates:
+        if os.path.isfile(c):
+            return c
+    raise FileNotFoundError(
+        f"FID Inception weights not found at {candidates[0]}. Get {FID_WEIGHTS} from {FID_WEIGHTS_SOURCE} and pass "
+        f"--inception PATH or put it at {os.path.join(torch.hub.get_dir(), 'checkpoints', FID_WEIGHTS)} "
+        f"(this code never downloads it). Without it, --features pixels gives offline, non-comparable numbers.")
+
+
+def load_inception(path='', device='cpu'):
+    net = InceptionV3()
+    state = torch.load(inception_path(path), map_location='cpu', weights_only=True)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    # old-format files carry no BatchNorm num_batches_tracked counters; they are unused in eval mode
+    if unexpected or any(not k.endswith('num_batches_tracked') for k in missing):
+        raise ValueError(f"{path} is not the FID Inception state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return net.to(device).eval()
+
+
+# --- features ----------------------------------------------------------------------------------------
+class Features:
+    """uint8 NHWC batches -> (features, logits or None); 'inception' (pool3) or 'pixels' (offline check)."""
+
+    def __init__(self, kind='inception', inception='', device='cpu'):
+        self.kind, self.device = kind, torch.device(device)
+        self.net = load_inception(inception, self.device) if kind == 'inception' else None
+
+    @torch.no_grad()
+    def __call__(self, images_uint8):
+        x = torch.as_tensor(images_uint8).to(self.device).permute(0, 3, 1, 2).float() / 255
+        if self.kind == 'pixels':  # 16x16 box-downsampled RGB: 768-d, cheap and resolution-independent
+            return F.adaptive_avg_pool2d(x, 16).flatten(1).cpu().double().numpy(), None
+        pool3, logits = self.net(x)
+        return pool3.cpu().double().numpy(), logits.cpu().double().numpy()
+
+
+def features_of(images, extractor, batch=200, desc='features'):
+    feats, logits = [], []
+    for i in tqdm(range(0, len(images), batch), desc=desc, leave=False):
+        f, lg = extractor(images[i:i + batch])
+        feats.append(f)
+        if lg is not None:
+            logits.append(lg)
+    return np.concatenate(feats), (np.concatenate(logits) if logits else None)
+
+
+# --- the metrics ---------------------------------------------------------------------------------------
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) (Heusel et al. 2017), as pytorch-fid computes it."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():  # singular product: regularise both covariances slightly
+        warnings.warn(f"FID: singular covariance product; adding {eps} to the diagonals")
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag)):.3g} in sqrtm")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def statistics(features):
+    if len(features) < 2048:
+        warnings.warn(f"FID from {len(features)} samples (< 2048): the covariance is rank-deficient and the "
+                      f"value is biased upward; papers use 50,000")
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def inception_score(logits, splits=10):
+    """exp(E_x KL(p(y|x) || p(y))) over `splits` chunks: (mean, std)."""
+    p = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
+    scores = []
+    for part in np.array_split(p, splits):
+        py = part.mean(0, keepdims=True)
+        kl = (part * (np.log(part + 1e-30) - np.log(py + 1e-30))).sum(1).mean()
+        scores.append(np.exp(kl))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def knn_radii(x, k=3, batch=1000):
+    """Distance of each row to its k-th nearest other row."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    out = []
+    for i in range(0, len(x), batch):
+        d = torch.cdist(x[i:i + batch], x)
+        out.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself at distance 0
+    return torch.cat(out)
+
+
+def covered(points, centres, radii, batch=1000):
+    """Fraction of points inside at least one ball (centre, radius)."""
+    points, centres = torch.as_tensor(points, dtype=torch.float64), torch.as_tensor(centres, dtype=torch.float64)
+    hits = []
+    for i in range(0, len(points), batch):
+        hits.append((torch.cdist(points[i:i + batch], centres) <= radii[None]).any(1))
+    return torch.cat(hits).double().mean().item()
+
+
+def precision_recall(real, fake, k=3):
+    """Kynkaanniemi et al. 2019: precision = fake inside the real k-NN manifold, recall = the reverse; and F1."""
+    p = covered(fake, real, knn_radii(real, k))
+    r = covered(real, fake, knn_radii(fake, k))
+    return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
+
+
+# --- sample sets and reference statistics ---------------------------------------------------------------
+def load_npz_images(path):
+    d = np.load(path)
+    key = 'samples' if 'samples' in d else ('arr_0' if 'arr_0' in d else None)
+    if key is None:
+        raise ValueError(f"{path} holds neither images (key 'samples' or 'arr_0') nor statistics ('mu', 'sigma')")
+    x = d[key]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"{path}: expected uint8 images N x H x W x 3, got {x.dtype} {x.shape}")
+    return x
+
+
+def reference_stats(cfg, split, extractor, n_pr, cache_dir):
+    """mu, sigma and up to n_pr features of a dataset split, cached as npz (same preprocessing as training)."""
+    from data import load_dataset
+    name = f"ref_{cfg['dataset']}_{split}_{cfg['resolution']}_{extractor.kind}.npz"
+    path = os.path.join(cache_dir, name)
+    if os.path.isfile(path):
+        d = np.load(path)
+        return d['mu'], d['sigma'], d['features']
+    ds = load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
+                      cfg['cache_dir'])
+    n = len(ds) if cfg['dataset'] != 'shapes' else min(len(ds), 10000)
+    feats = []
+    for i in tqdm(range(0, n, 500), desc=f'reference {split}'):
+        feats.append(extractor(ds.get(range(i, min(i + 500, n))).numpy())[0])
+    feats = np.concatenate(feats)
+    mu, sigma = statistics(feats)
+    os.makedirs(cache_dir, exist_ok=True)
+    sub = feats[np.random.default_rng(0).permutation(len(feats))[:n_pr]]
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, mu=mu, sigma=sigma, features=sub)
+    os.replace(tmp, path)
+    return mu, sigma, sub
+
+
+def sample_checkpoint(ckpt, n, steps, seed, batch, device):
+    """n generated images (uint8 NHWC) with per-image seeds, and the images/s of the generator alone."""
+    import sample
+    from train import loss_config
+    model, cfg, _ = sample.load_model(ckpt, 'ema', device)
+    lcfg = loss_config(cfg)
+    out, t0 = [], time.time()
+    for i in tqdm(range(0, n, batch), desc=f'{steps}-step samples'):
+        seeds = [seed * 1_000_003 + j for j in range(i, min(i + batch, n))]
+        img, _ = sample.generate(model, seeds, steps, lcfg)
+        out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    return np.concatenate(out), n / (time.time() - t0), cfg
+
+
+def evaluate(fake, real_mu, real_sigma, real_feats, extractor):
+    """FID (or pixel FD), IS when logits exist, precision/recall/F1 of fake images against reference stats."""
+    feats, logits = features_of(fake, extractor, desc='sample features')
+    mu, sigma = statistics(feats)
+    out = {'fid' if extractor.kind == 'inception' else 'fd_pixels': frechet_distance(mu, sigma, real_mu, real_sigma)}
+    if logits is not None:
+        out['is'], out['is_std'] = inception_score(logits)
+    if real_feats is not None:
+        m = min(len(real_feats), len(feats))
+        out['precision'], out['recall'], out['f1'] = precision_recall(real_feats[:m], feats[:m])
+    return out
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('npz', nargs='*', help='SAMPLES.npz REFERENCE.npz: sample sets (uint8 NHWC) or statistics')
+    p.add_argument('--ckpt', default='')
+    p.add_argument('--n', type=int, default=50000)
+    p.add_argument('--steps', type=int, default=1, choices=(1, 2))
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--batch', type=int, default=500)
+    p.add_argument('--ref', default='train', choices=('train', 'test'), help='reference split (paper: train)')
+    p.add_argument('--features', default='inception', choices=('inception', 'pixels'))
+    p.add_argument('--inception', default='', help=f'path to {FID_WEIGHTS}')
+    p.add_argument('--pr_n', type=int, default=10000, help='samples per side for precision/recall')
+    p.add_argument('--cache_dir', default=os.path.join(os.path.expanduser('~'), '.cache', 'inrct'))
+    p.add_argument('--json', default='')
+    p.add_argument('--device', default='auto')
+    a = p.parse_args(argv)
+    dev = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
+                       ('cpu' if a.device == 'auto' else a.device))
+    extractor = Features(a.features, a.inception, dev)
+    if a.npz:
+        if len(a.npz) != 2 or a.ckpt:
+            p.error('give either two .npz files or --ckpt')
+        stats = []
+        for path in a.npz:
+            d = np.load(path)
+            if 'mu' in d:
+                stats.append((d['mu'], d['sigma'], d['features'] if 'features' in d else None))
+            else:
+                f, _ = features_of(load_npz_images(path), extractor, desc=os.path.basename(path))
+                stats.append((*statistics(f), f[:a.pr_n]))
+        out = {'fid' if a.features == 'inception' else 'fd_pixels': frechet_distance(*stats[0][:2], *stats[1][:2])}
+        if stats[0][2] is not None and stats[1][2] is not None:
+            m = min(len(stats[0][2]), len(stats[1][2]))
+            out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
+    elif a.ckpt:
+        fake, rate, cfg = sample_checkpoint(a.ckpt, a.n, a.steps, a.seed, a.batch, dev)
+        mu, sigma, feats = reference_stats(cfg, a.ref, extractor, a.pr_n, a.cache_dir)
+        out = evaluate(fake, mu, sigma, feats[:a.pr_n], extractor)
+        out.update(n=a.n, nfe=a.steps, samples_per_s=rate, ref=a.ref, features=a.features, ckpt=a.ckpt)
+    else:
+        p.error('give --ckpt or two .npz files')
+    print(json.dumps(out, indent=1))
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,157 @@
+"""Preconditioning, the ECT continuous-time schedule, and the INRCT losses (paper Eq. 3, 12-17, App. B.1).
+
+Everything is a pure function of (t, step) so that a resumed run repeats the uninterrupted one.
+The loss is a callable: loss_fn(net, batch, step) -> (scalar, dict of parts for logging).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LossConfig:
+    sigma_data: float = 0.5
+    t_min: float = 0.003
+    t_max: float = 80.0
+    P_mean: float = -1.1
+    P_std: float = 2.0
+    q: float = 2.0
+    k: float = 8.0
+    b: float = 1.0
+    d: int = 1000               # ECT stage length in steps: a = floor(steps_since_warmup / d)
+    t_eps1: float = 0.007       # L_recon below this t
+    t_eps2: float = 0.0865      # L_diff below this t (first 25% of LogNormal(-1.1, 2))
+    warmup_iters: int = 0       # ETS: reconstruction-only steps before full training
+    shift_precond: bool = True  # ECT: c_skip, c_out use (t - t_min) so f(x, t_min) = x exactly
+    huber_c: float = 0.0        # 0: plain L2 norm; >0: pseudo-Huber sqrt(|x|^2 + c^2) - c
+    teacher_ema: float = 0.0    # 0: teacher = stop-grad of current weights (ECT); >0 see train.py
+    lambdas: tuple = (1.0, 1.0, 1.0)  # (l1, l2, l3) of full training (paper: robust to 0.1x-10x)
+
+
+# --- preconditioning (SPEC section 2) ---------------------------------------------------------------
+def c_skip(t, cfg):
+    s = t - cfg.t_min if cfg.shift_precond else t
+    return cfg.sigma_data ** 2 / (s ** 2 + cfg.sigma_data ** 2)
+
+
+def c_out(t, cfg):
+    s = t - cfg.t_min if cfg.shift_precond else t
+    return s * cfg.sigma_data / (t ** 2 + cfg.sigma_data ** 2) ** 0.5
+
+
+def c_in(t, cfg):
+    return 1 / (t ** 2 + cfg.sigma_data ** 2) ** 0.5
+
+
+def c_noise(t):
+    return torch.log(t) / 4
+
+
+def bcast(v, x):
+    """(B,) -> (B, 1, 1, ...) to broadcast against x."""
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def consistency_fn(net, support_t, query_t, t, query, cfg):
+    """f(O_s_t, O_q_t, t) = c_skip O_q_t + c_out render(M_G(c_in O_s_t, c_noise)) (Eq. 12); also the raw render."""
+    raw = net(bcast(c_in(t, cfg), support_t) * support_t, c_noise(t), query)
+    return bcast(c_skip(t, cfg), raw) * query_t + bcast(c_out(t, cfg), raw) * raw, raw
+
+
+# --- time schedule (SPEC section 3) -----------------------------------------------------------------
+def ect_stage(step, cfg):
+    """a = floor(steps since the end of warm-up / d); 0 during warm-up."""
+    return max(0, step - cfg.warmup_iters) // cfg.d
+
+
+def r_of_t(t, step, cfg):
+    """r = clamp(t (1 - n(t) / q^a), 0), n(t) = 1 + k sigmoid(-b t)."""
+    n = 1 + cfg.k * torch.sigmoid(-cfg.b * t)
+    return (t * (1 - n / cfg.q ** ect_stage(step, cfg))).clamp(min=0)
+
+
+def sample_t(batch_size, step, cfg, generator=None, device=None):
+    """ETS warm-up: t ~ U(t_min, t_eps1); afterwards t ~ LogNormal(P_mean, P_std) clamped to [t_min, t_max]."""
+    u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+    if step < cfg.warmup_iters:
+        t = cfg.t_min + (cfg.t_eps1 - cfg.t_min) * u
+    else:  # inverse CDF of the normal keeps one uniform draw per sample in both phases
+        t = torch.exp(cfg.P_mean + cfg.P_std * math.sqrt(2) * torch.erfinv(2 * u - 1))
+    return t.clamp(cfg.t_min, cfg.t_max).float()
+
+
+def loss_weights(step, cfg):
+    """(l1, l2, l3) for (L_gene, L_recon, L_diff): (0, 1, 0) in the ETS warm-up, then cfg.lambdas (1, 1, 1)."""
+    return (0.0, 1.0, 0.0) if step < cfg.warmup_iters else tuple(cfg.lambdas)
+
+
+def recon_mask(t, cfg):
+    """Samples that get L_recon: t < t_eps1 (strict)."""
+    return (t < cfg.t_eps1).float()
+
+
+def diff_mask(t, cfg):
+    """Samples that get L_diff: t < t_eps2 (strict)."""
+    return (t < cfg.t_eps2).float()
+
+
+def distance(a, b, cfg):
+    """Per-sample L2 norm sqrt(sum (a - b)^2) (not squared, not averaged), or pseudo-Huber."""
+    sq = ((a - b) ** 2).flatten(1).sum(1)
+    if cfg.huber_c > 0:
+        return (sq + cfg.huber_c ** 2).sqrt() - cfg.huber_c
+    return sq.clamp(min=1e-20).sqrt()  # the clamp keeps the gradient finite at a perfect match
+
+
+# --- the INRCT loss (Eq. 13, 15, 16, 17; Algorithm 1) ---------------------------------------------------
+class INRCTLoss:
+    """loss_fn(net, batch, step): batch = {'support', 'target', 'query'} with 'target' = clean O_q.
+
+    For images support and target are the same tensor, so O_s_t = O_q_t (one noise z, Eq. 13).
+    teacher: the network used for the no-grad target at r (default: net itself, ECT/iCT).
+    """
+
+    def __init__(self, cfg: LossConfig):
+        self.cfg = cfg
+
+    def __call__(self, net, batch, step, generator=None, teacher=None):
+        cfg = self.cfg
+        support, target, query = batch['support'], batch['target'], batch['query']
+        B, dev = target.shape[0], target.device
+        t = sample_t(B, step, cfg, generator, dev)
+        r = r_of_t(t, step, cfg)
+        z_s = torch.randn(support.shape, generator=generator, device=dev)
+        z_q = z_s if support is target else torch.randn(target.shape, generator=generator, device=dev)
+        l1, l2, l3 = loss_weights(step, cfg)
+
+        # grad forward at t; remember the RNG so the teacher pass draws the same dropout mask
+        rng = torch.random.get_rng_state(), (torch.cuda.get_rng_state() if dev.type == 'cuda' else None)
+        f_t, raw_t = consistency_fn(net, support + bcast(t, z_s) * z_s, target + bcast(t, z_q) * z_q, t, query, cfg)
+
+        # no-grad target at r; r <= t_min is the boundary f(x, ~0) = clean O_q (always so in stage 0)
+        f_r = target
+        boundary = r <= cfg.t_min
+        if l1 > 0 and not bool(boundary.all()):
+            torch.random.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state(rng[1])
+            r_safe = torch.where(boundary, torch.full_like(r, cfg.t_min), r)
+            with torch.no_grad():
+                f_r, _ = consistency_fn(teacher or net, support + bcast(r_safe, z_s) * z_s,
+                                        target + bcast(r_safe, z_q) * z_q, r_safe, query, cfg)
+            f_r = torch.where(bcast(boundary, target), target, f_r)
+
+        m_recon, m_diff = recon_mask(t, cfg), diff_mask(t, cfg)
+        L_gene = distance(f_t, f_r.detach(), cfg)
+        L_recon = distance(raw_t, target, cfg) * m_recon
+        L_diff = distance(f_t, target, cfg) * m_diff
+        w = 1 / (t - r)
+        loss = (w * (l1 * L_gene + l2 * L_recon + l3 * L_diff)).mean()
+        parts = {
+            'L_gene': L_gene.mean().item(), 'L_recon': L_recon.sum().item() / max(m_recon.sum().item(), 1),
+            'L_diff': L_diff.sum().item() / max(m_diff.sum().item(), 1),
+            'frac_recon': m_recon.mean().item(), 'frac_diff': m_diff.mean().item(),
+            'stage': ect_stage(step, cfg), 'warmup': int(step < cfg.warmup_iters),
+        }
+        return loss, parts

@@ -1,0 +1,193 @@
+"""Generate INRs from noise (1 or 2 steps) and encode signals into INRs; render them at any resolution.
+
+    python sample.py --ckpt out/ckpt.pt                        # 64 one-step samples -> samples.png
+    python sample.py --ckpt out/ckpt.pt --steps 2 --resolution 128 --npz samples.npz
+    python sample.py --ckpt out/ckpt.pt --encode --json metrics.json
+
+Generated INRs (SPEC section 6): 1 step, beta = G(c_in(T) T z, T) and the INR is c_out(T) M_beta (c_skip(T) x_T
+has std ~0.003 and has no continuous form); 2 steps, the grid image f(x, t_mid) mixes c_skip(t_mid) = 0.27
+of the noisy input in, so the final image is re-encoded at t_min (one more NFE) to get a true INR.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from inr import make_grid, psnr, to_float, to_uint8
+from losses import c_in, c_noise, c_out, c_skip
+
+T_MAX, T_MID = 80.0, 0.821
+
+
+def save_grid(images, path, nrow=None):
+    """uint8 (N, H, W, 3) -> one PNG grid with a 2-pixel white border."""
+    images = images.cpu().numpy() if torch.is_tensor(images) else images
+    n, h, w, _ = images.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    ncol = int(math.ceil(n / nrow))
+    canvas = np.full((ncol * (h + 2) + 2, nrow * (w + 2) + 2, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, nrow)
+        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = im
+    Image.fromarray(canvas).save(path)
+
+
+def per_image_noise(seeds, shape, device):
+    """One N(0, I) draw per image from its own seed: samples do not depend on the batch size."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+
+def t_full(t, n, device):
+    return torch.full((n,), t, device=device)
+
+
+@torch.no_grad()
+def encode(model, images, lcfg, t=None):
+    """beta = G(O, t_min) (Eq. 7): clean images (B, 3, R, R) in [-1, 1] -> INR tokens."""
+    t = t_full(t or lcfg.t_min, len(images), images.device)
+    return model.encode(c_in(t, lcfg)[:, None, None, None] * images, c_noise(t))
+
+
+@torch.no_grad()
+def generate(model, seeds, steps, lcfg, resolution=None, chunk=4096):
+    """(grid images at the training resolution, INR renders at `resolution`), both (B, 3, H, W) in [-1, 1]."""
+    dev = next(model.parameters()).device
+    R = model.inr.resolution
+    n, grid = len(seeds), make_grid(R, R, dev)
+    x_T = T_MAX * per_image_noise(seeds, (3, R, R), dev)
+    t = t_full(T_MAX, n, dev)
+    beta = model.encode(c_in(t, lcfg)[:, None, None, None] * x_T, c_noise(t))
+    raw = model.inr.render(beta, grid, chunk)
+    image = c_skip(t, lcfg)[:, None, None, None] * x_T + c_out(t, lcfg)[:, None, None, None] * raw
+    if steps == 2:
+        z = per_image_noise([s + 1_000_000_007 for s in seeds], (3, R, R), dev)
+        t2 = t_full(T_MID, n, dev)
+        x = image + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z
+        raw = model(c_in(t2, lcfg)[:, None, None, None] * x, c_noise(t2), grid, chunk)
+        image = c_skip(t2, lcfg)[:, None, None, None] * x + c_out(t2, lcfg)[:, None, None, None] * raw
+    if resolution in (None, R):
+        return image, image
+    big = make_grid(resolution, resolution, dev)
+    if steps == 1:
+        return image, c_out(t, lcfg)[:, None, None, None] * model.inr.render(beta, big, chunk)
+    return image, model.inr.render(encode(model, image.clamp(-1, 1), lcfg), big, chunk)
+
+
+@torch.no_grad()
+def write_progress(model, test_images, lcfg, out_dir):
+    """During training: 1- and 2-step sample grids and a reconstruction grid; returns the test PSNR."""
+    was_training = model.training
+    model.eval()
+    R = model.inr.resolution
+    grid = make_grid(R, R, test_images.device)
+    rec = model.inr.render(encode(model, test_images, lcfg), grid, 4096)
+    seeds = list(range(64))
+    one, _ = generate(model, seeds, 1, lcfg)
+    two, _ = generate(model, seeds, 2, lcfg)
+    save_grid(to_uint8(one), os.path.join(out_dir, 'samples_1step.png'))
+    save_grid(to_uint8(two), os.path.join(out_dir, 'samples_2step.png'))
+    save_grid(to_uint8(interleave(test_images, rec)), os.path.join(out_dir, 'reconstructions.png'), nrow=16)
+    model.train(was_training)
+    return psnr(rec, test_images).mean().item()
+
+
+def interleave(a, b):
+    """[a0, b0, a1, b1, ...]: input next to its reconstruction."""
+    return torch.stack([a, b], dim=1).flatten(0, 1)
+
+
+def load_model(path, weights='ema', device='cpu'):
+    """Model (eval mode, chosen weights) and the training config stored in a checkpoint."""
+    from model import build_model
+    from train import load_checkpoint
+    ckpt = load_checkpoint(path)
+    cfg = ckpt['config']
+    model = build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'])
+    if weights == 'ema' and ckpt['step'] <= cfg['warmup_iters']:
+        weights = 'model'  # the EMA starts when warm-up ends: before that it is the initial weights
+    model.load_state_dict(ckpt[weights])
+    return model.to(device).eval(), cfg, ckpt['step']
+
+
+@torch.no_grad()
+def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None):
+    """PSNR of encode -> render on the test split; for shapes also at 2x and 4x against the analytic images."""
+    from data import load_dataset
+    dev = next(model.parameters()).device
+    R = cfg['resolution']
+    test = load_dataset(cfg['dataset'], 'test', R, cfg['data_dir'], cfg['seed'], cfg['test_fraction'], cfg['cache_dir'])
+    n = min(limit or len(test), len(test))
+    scales = (1, 2, 4) if cfg['dataset'] == 'shapes' else (1,)
+    scores = {s: [] for s in scales}
+    for i in tqdm(range(0, n, batch), desc='encoding', leave=False):
+        idx = list(range(i, min(i + batch, n)))
+        x = to_float(test.get(idx)).to(dev)
+        beta = encode(model, x, lcfg)
+        for s in scales:
+            rec = model.inr.render(beta, make_grid(R * s, R * s, dev), 4096)
+            ref = x if s == 1 else to_float(test.get(idx, resolution=R * s)).to(dev)
+            scores[s].append(psnr(rec, ref).cpu())
+            if out_png and i == 0 and s == 1:
+                save_grid(to_uint8(interleave(x[:32], rec[:32])), out_png, nrow=16)
+    out = {'n_images': n, 'resolution': R, 'psnr': torch.cat(scores[1]).mean().item()}
+    for s in scales[1:]:
+        out[f'psnr_{s}x'] = torch.cat(scores[s]).mean().item()
+    return out
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--ckpt', required=True)
+    p.add_argument('--steps', type=int, default=1, choices=(1, 2))
+    p.add_argument('--n', type=int, default=64)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--resolution', type=int, default=0, help='render the generated INRs at this size (0 = training)')
+    p.add_argument('--out', default='samples.png')
+    p.add_argument('--npz', default='', help='also write the samples as uint8 NHWC under key "samples"')
+    p.add_argument('--batch', type=int, default=256)
+    p.add_argument('--weights', default='ema', choices=('ema', 'model'))
+    p.add_argument('--device', default='auto')
+    p.add_argument('--encode', action='store_true', help='encode the test split and report PSNR')
+    p.add_argument('--limit', type=int, default=0, help='--encode: at most this many test images (0 = all)')
+    p.add_argument('--json', default='', help='--encode: write the metrics here')
+    a = p.parse_args(argv)
+    if a.resolution < 0 or a.n < 1:
+        p.error('--resolution must be >= 0 and --n >= 1')
+    dev = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
+                       ('cpu' if a.device == 'auto' else a.device))
+    from train import loss_config
+    model, cfg, step = load_model(a.ckpt, a.weights, dev)
+    lcfg = loss_config(cfg)
+    if a.encode:
+        out = evaluate_encoding(model, cfg, lcfg, limit=a.limit, out_png=a.out.replace('.png', '_encode.png'))
+        out.update(ckpt=a.ckpt, step=step)
+        print(json.dumps(out, indent=1))
+        if a.json:
+            with open(a.json, 'w') as f:
+                json.dump(out, f, indent=1)
+        return
+    res = a.resolution or cfg['resolution']
+    images = []
+    for i in tqdm(range(0, a.n, a.batch), desc=f'{a.steps}-step sampling'):
+        seeds = [a.seed * 1_000_003 + j for j in range(i, min(i + a.batch, a.n))]
+        _, inr_images = generate(model, seeds, a.steps, lcfg, res)
+        images.append(to_uint8(inr_images).cpu())
+    images = torch.cat(images)
+    save_grid(images[:256], a.out)
+    print(f"wrote {a.out} ({min(a.n, 256)} of {a.n} samples at {res}x{res}, {a.steps} step(s), step-{step} {a.weights})")
+    if a.npz:
+        np.savez(a.npz, samples=images.numpy())
+        print(f"wrote {a.npz}: samples {tuple(images.shape)} uint8")
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

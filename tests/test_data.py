@@ -1,0 +1,123 @@
+"""Every loader on fixtures in its real on-disk format, the embedded shapes set, and bad-data errors."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data import FINE, ShapesDataset, load_dataset, render_shapes
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data')
+
+
+def test_shapes_are_deterministic_and_split():
+    a, b = ShapesDataset('train', 32, seed=0), ShapesDataset('train', 32, seed=0)
+    assert torch.equal(a.get([3, 7]), b.get([3, 7]))
+    test = ShapesDataset('test', 32, seed=0)
+    assert not torch.equal(a.get([0]), test.get([0]))  # test images are other indices of the same stream
+    assert not torch.equal(a.get([0]), ShapesDataset('train', 32, seed=1).get([0]))
+    x = a.get(range(8))
+    assert x.shape == (8, 32, 32, 3) and x.dtype == torch.uint8
+    assert x.float().std() > 20  # not blank
+
+
+@pytest.mark.parametrize('res', [16, 32])
+def test_shapes_pooled_2x_equals_1x_within_one_level(res):
+    """The same continuous image at every resolution dividing FINE: 2x2-pooling 2R gives R within 1/255."""
+    assert FINE % (2 * res) == 0
+    for i in range(6):
+        small = render_shapes(0, i, res).astype(np.float64)
+        big = render_shapes(0, i, 2 * res).astype(np.float64)
+        pooled = big.reshape(res, 2, res, 2, 3).mean(axis=(1, 3))
+        assert np.abs(pooled - small).max() <= 1.0
+
+
+def write_cifar(root, n_per_batch=5):
+    d = root / 'cifar-10-batches-py'
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        with open(d / name, 'wb') as f:
+            pickle.dump({b'data': data, b'labels': list(range(n_per_batch)), b'batch_label': name.encode()}, f)
+    return d
+
+
+def test_cifar10_pickle_batches(tmp_path):
+    d = write_cifar(tmp_path)
+    train, test = load_dataset('cifar10', 'train', 32, str(tmp_path)), load_dataset('cifar10', 'test', 32, str(tmp_path))
+    assert len(train) == 25 and len(test) == 5
+    with open(d / 'data_batch_1', 'rb') as f:
+        row = pickle.load(f, encoding='bytes')[b'data'][2]
+    img = train.get([2])[0].numpy()
+    assert img.shape == (32, 32, 3)
+    assert np.array_equal(img[..., 0].ravel(), row[:1024]) and np.array_equal(img[..., 2].ravel(), row[2048:])
+
+
+def test_cifar10_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='cifar-10-batches-py'):
+        load_dataset('cifar10', 'train', 32, str(tmp_path))
+    d = write_cifar(tmp_path)
+    with open(d / 'data_batch_3', 'wb') as f:
+        pickle.dump({b'data': np.zeros((4, 100), np.uint8)}, f)
+    with pytest.raises(ValueError, match='data_batch_3: expected rows of 3072 bytes'):
+        load_dataset('cifar10', 'train', 32, str(tmp_path))
+    with pytest.raises(ValueError, match='CIFAR-10 is 32x32'):
+        load_dataset('cifar10', 'train', 64, str(tmp_path))
+
+
+def write_images(root, n, size=(40, 30), ext='png'):
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / f'{i:05d}.{ext}')
+
+
+def test_folder_centre_crops_resizes_and_splits(tmp_path):
+    write_images(tmp_path / 'a', 6, ext='png')
+    write_images(tmp_path / 'b', 4, size=(30, 40), ext='jpg')
+    train = load_dataset('folder', 'train', 16, str(tmp_path), test_fraction=0.2)
+    test = load_dataset('folder', 'test', 16, str(tmp_path), test_fraction=0.2)
+    assert len(train) == 8 and len(test) == 2
+    assert train.get([0]).shape == (1, 16, 16, 3)
+
+
+def test_corrupt_image_is_named(tmp_path):
+    write_images(tmp_path, 3)
+    (tmp_path / '00001.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not a png')
+    with pytest.raises(ValueError, match='00001.png'):
+        load_dataset('folder', 'train', 16, str(tmp_path))
+
+
+def test_missing_or_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        load_dataset('folder', 'train', 16, str(tmp_path / 'nope'))
+    with pytest.raises(FileNotFoundError, match='no .png/.jpg/.jpeg images'):
+        load_dataset('folder', 'train', 16, str(tmp_path))
+    with pytest.raises(ValueError, match='pass --data_dir'):
+        load_dataset('celeba', 'train', 64)
+
+
+def test_celeba_cache_is_written_once_and_reused(tmp_path, capsys):
+    write_images(tmp_path / 'hq', 10, size=(48, 48), ext='jpg')
+    cache = tmp_path / 'cache'
+    a = load_dataset('celeba', 'train', 16, str(tmp_path / 'hq'), cache_dir=str(cache))
+    assert 'CelebA-HQ has 30,000 images, found 10' in capsys.readouterr().out
+    files = sorted(os.listdir(cache))
+    assert len(files) == 1 and files[0].endswith('.npy')
+    np.save(cache / files[0], np.zeros((9, 16, 16, 3), np.uint8))  # prove the second load reads the cache
+    b = load_dataset('celeba', 'train', 16, str(tmp_path / 'hq'), cache_dir=str(cache))
+    assert len(a) == 9 and a.get([0]).float().std() > 0 and b.get([0]).sum() == 0
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'celeba_sample')), reason='shared CelebA sample absent')
+def test_real_celeba_sample_as_folder():
+    d = os.path.join(SHARED, 'celeba_sample')
+    train = load_dataset('folder', 'train', 64, d, test_fraction=0.125)
+    test = load_dataset('folder', 'test', 64, d, test_fraction=0.125)
+    assert len(train) == 56 and len(test) == 8
+    x = train.get(range(4)).float()
+    assert x.shape == (4, 64, 64, 3) and 40 < x.mean() < 220 and x.std() > 20

@@ -1,0 +1,157 @@
+"""Preconditioning, ECT schedule, masks, ETS warm-up and the composed loss, against SPEC formulas/values."""
+import math
+
+import pytest
+import torch
+
+from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, diff_mask, distance, ect_stage,
+                    loss_weights, r_of_t, recon_mask, sample_t)
+
+# SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
+PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
+    (0.003, 0.999964, 0.00299995, 1.99996, -1.45229, 1.0, 0.0),
+    (0.0865, 0.970941, 0.0852339, 1.97073, -0.611903, 0.972868, 0.0822778),
+    (0.821, 0.270551, 0.427039, 1.04029, -0.049308, 0.271998, 0.425479),
+    (80.0, 3.9061e-05, 0.49999, 0.0124998, 1.09551, 3.90639e-05, 0.499971),
+]
+
+
+@pytest.mark.parametrize('row', PRECOND)
+def test_preconditioning_matches_spec_table(row):
+    t, skip, out, cin, cnoise, skip_s, out_s = row
+    tt = torch.tensor([t], dtype=torch.float64)
+    plain, shifted = LossConfig(shift_precond=False), LossConfig(shift_precond=True)
+    assert c_skip(tt, plain).item() == pytest.approx(skip, rel=1e-4)
+    assert c_out(tt, plain).item() == pytest.approx(out, rel=1e-4)
+    assert c_in(tt, plain).item() == pytest.approx(cin, rel=1e-4)
+    assert c_noise(tt).item() == pytest.approx(cnoise, rel=1e-4)
+    assert c_skip(tt, shifted).item() == pytest.approx(skip_s, rel=1e-4, abs=1e-12)
+    assert c_out(tt, shifted).item() == pytest.approx(out_s, rel=1e-4, abs=1e-12)
+
+
+def test_shifted_boundary_is_exact_and_unshifted_follows_formula():
+    cfg = LossConfig(shift_precond=True)
+    t = torch.tensor([cfg.t_min])
+    assert c_skip(t, cfg).item() == 1.0 and c_out(t, cfg).item() == 0.0
+    plain = LossConfig(shift_precond=False, sigma_data=0.7)
+    t = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    sd = 0.7
+    assert torch.allclose(c_skip(t, plain), sd ** 2 / (t ** 2 + sd ** 2))
+    assert torch.allclose(c_out(t, plain), t * sd / (t ** 2 + sd ** 2).sqrt())
+
+
+# r(t) at stage a from SPEC: {a: [(t, r)]}
+R_TABLE = {1: [(1, 0.0), (2, 0.0463766), (10, 4.99818), (80, 40.0)],
+           3: [(0.01, 0.003775), (0.5, 0.24873), (2, 1.51159)],
+           8: [(0.01, 0.00980547), (1, 0.987689), (80, 79.6875)]}
+
+
+@pytest.mark.parametrize('a', sorted(R_TABLE))
+def test_r_of_t_matches_spec_values_and_formula(a):
+    cfg = LossConfig(d=10, warmup_iters=5)
+    step = 5 + 10 * a + 3  # 3 steps into stage a
+    assert ect_stage(step, cfg) == a
+    for t, r in R_TABLE[a]:
+        tt = torch.tensor([t], dtype=torch.float64)
+        got = r_of_t(tt, step, cfg).item()
+        n = 1 + 8 / (1 + math.exp(t))  # 1 + k sigmoid(-b t), direct evaluation
+        assert got == pytest.approx(max(0.0, t * (1 - n / 2 ** a)), rel=1e-9, abs=1e-12)
+        assert got == pytest.approx(r, rel=1e-4, abs=1e-6)
+
+
+def test_stage_zero_is_pure_denoising_and_late_stage_ratio():
+    cfg = LossConfig(d=100, warmup_iters=50)
+    t = torch.logspace(-3, 2, 50, dtype=torch.float64)
+    for step in (0, 49, 50, 149):  # warm-up and stage 0
+        assert torch.all(r_of_t(t, step, cfg) == 0)
+    step = 50 + 100 * 9  # stage 9
+    n = 1 + 8 * torch.sigmoid(-t)
+    assert torch.allclose((t - r_of_t(t, step, cfg)) / t, n / 2 ** 9)
+
+
+def test_masks_at_exact_boundaries():
+    cfg = LossConfig()
+    t = torch.tensor([cfg.t_eps1, math.nextafter(cfg.t_eps1, 0), cfg.t_eps2, math.nextafter(cfg.t_eps2, 0)],
+                     dtype=torch.float64)
+    assert recon_mask(t, cfg).tolist() == [0, 1, 0, 0]
+    assert diff_mask(t, cfg).tolist() == [1, 1, 0, 1]
+
+
+def test_warmup_sampling_range_and_weights():
+    cfg = LossConfig(warmup_iters=100)
+    g = torch.Generator().manual_seed(0)
+    t = sample_t(20000, 99, cfg, g)
+    assert t.min() >= cfg.t_min and t.max() < cfg.t_eps1
+    # uniform: mean and sd of U(a, b)
+    a, b = cfg.t_min, cfg.t_eps1
+    assert t.mean().item() == pytest.approx((a + b) / 2, rel=0.01)
+    assert t.std().item() == pytest.approx((b - a) / math.sqrt(12), rel=0.02)
+    assert loss_weights(99, cfg) == (0.0, 1.0, 0.0)
+    assert loss_weights(100, cfg) == (1.0, 1.0, 1.0)
+
+
+def test_lognormal_after_warmup_matches_spec_probabilities():
+    cfg = LossConfig(warmup_iters=0)
+    t = sample_t(200000, 0, cfg, torch.Generator().manual_seed(1))
+    assert t.min() >= cfg.t_min and t.max() <= cfg.t_max
+    assert (t < 0.007).float().mean().item() == pytest.approx(0.0267, abs=0.002)
+    assert (t < 0.0865).float().mean().item() == pytest.approx(0.2502, abs=0.004)
+    assert torch.log(t).median().item() == pytest.approx(-1.1, abs=0.02)  # clamping leaves the median alone
+    assert (torch.log(t) < -1.1 + 2.0).float().mean().item() == pytest.approx(0.8413, abs=0.003)  # +1 sd
+
+
+def test_distance_is_plain_l2_norm_and_pseudo_huber():
+    a, b = torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    b[0, 0, 0, 0], b[0, 1, 2, 3] = 3.0, 4.0
+    assert distance(a, b, LossConfig()).tolist() == pytest.approx([5.0, 0.0], abs=1e-6)
+    assert distance(a, b, LossConfig(huber_c=1.0)).tolist() == pytest.approx([math.sqrt(26) - 1, 0.0], abs=1e-6)
+
+
+def test_distance_gradient_matches_finite_differences():
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: distance(x, y, LossConfig()), (x,))
+    assert torch.autograd.gradcheck(lambda x: distance(x, y, LossConfig(huber_c=0.3)), (x,))
+
+
+class LinearNet(torch.nn.Module):
+    """A stand-in net(support, c_noise, query) -> render, simple enough to recompute the loss by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.tensor(0.1, dtype=torch.float64))
+
+    def forward(self, support, cn, query):
+        return self.a * support + self.b * cn[:, None, None, None]
+
+
+@pytest.mark.parametrize('step', [0, 10, 35])  # warm-up, stage 0, stage 2
+def test_loss_composes_the_three_terms_as_eq17(step):
+    cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5)
+    net = LinearNet()
+    x = torch.randn(16, 3, 4, 4, dtype=torch.float64)
+    loss, parts = INRCTLoss(cfg)(net, {'support': x, 'target': x, 'query': None}, step,
+                                 torch.Generator().manual_seed(3))
+    # recompute with the same draws in the same order (t, then z)
+    g = torch.Generator().manual_seed(3)
+    t = sample_t(16, step, cfg, g).double()
+    z = torch.randn(x.shape, generator=g).double()
+    r = r_of_t(t, step, cfg)
+
+    def f(s):
+        s4 = s[:, None, None, None]
+        raw = net.a * c_in(s4, cfg) * (x + s4 * z) + net.b * c_noise(s4)
+        return c_skip(s4, cfg) * (x + s4 * z) + c_out(s4, cfg) * raw, raw
+
+    with torch.no_grad():
+        f_t, raw_t = f(t)
+        f_r, _ = f(torch.where(r <= cfg.t_min, torch.full_like(r, cfg.t_min), r))
+        f_r = torch.where((r <= cfg.t_min)[:, None, None, None], x, f_r)
+        norm = lambda d: d.flatten(1).norm(dim=1)
+        l1, l2, l3 = loss_weights(step, cfg)
+        expect = (1 / (t - r) * (l1 * norm(f_t - f_r) + l2 * norm(raw_t - x) * (t < cfg.t_eps1)
+                                 + l3 * norm(f_t - x) * (t < cfg.t_eps2))).mean()
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert parts['stage'] == ect_stage(step, cfg) and parts['warmup'] == int(step < 10)
+    assert parts['frac_recon'] == pytest.approx((t < cfg.t_eps1).double().mean().item())

@@ -1,0 +1,195 @@
+"""train.py / sample.py end to end on CPU: config, DDP equivalence, exact resume after a kill, atomic
+checkpoints, sampling shapes and resolutions, encoding metrics."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import train  # noqa: E402
+
+# a few fast steps that cross the warm-up and two ECT stages
+FAST = ['--batch_size', '4', '--max_iters', '6', '--warmup_iters', '2', '--ect_d', '2', '--log_interval', '1',
+        '--sample_interval', '1000', '--ckpt_interval', '1000', '--max_minutes', '0', '--ema_decay', '0.9']
+
+
+def run(args, env=None, **kw):
+    e = dict(os.environ, OMP_NUM_THREADS='1', **(env or {}))
+    return subprocess.run(args, cwd=ROOT, env=e, capture_output=True, text=True, timeout=300, **kw)
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+# --- config -------------------------------------------------------------------------------------
+def test_config_overrides_both_forms_and_presets():
+    cfg = train.parse_config(['--lr=3e-4', '--batch_size', '8', '--resume'])
+    assert cfg['lr'] == 3e-4 and cfg['batch_size'] == 8 and cfg['resume'] is True
+    assert cfg['dataset'] == 'shapes' and cfg['preset'] == 'tiny'  # configs/shapes.py
+    celeba = train.parse_config(['--dataset', 'celeba'])
+    assert celeba['preset'] == 'paper' and celeba['resolution'] == 64 and celeba['batch_size'] == 128
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match='unknown config key --bach_size; did you mean --batch_size'):
+        train.parse_config(['--bach_size', '8'])
+    with pytest.raises(ValueError, match='--batch_size takes a int'):
+        train.parse_config(['--batch_size', 'many'])
+    with pytest.raises(ValueError, match='--resume takes true/false'):
+        train.parse_config(['--resume=maybe'])
+    with pytest.raises(ValueError, match='needs a value'):
+        train.parse_config(['--lr'])
+
+
+def test_dry_run_prints_config_and_params():
+    r = run([sys.executable, 'train.py', '--dry_run'])
+    assert r.returncode == 0, r.stderr
+    assert 'params: 1566531' in r.stdout and '"dataset": "shapes"' in r.stdout
+
+
+def test_missing_dataset_path_is_a_one_line_error():
+    r = run([sys.executable, 'train.py', '--dataset', 'cifar10', '--data_dir', '/nonexistent', '--dry_run'])
+    assert r.returncode != 0 and 'cifar-10-batches-py' in r.stderr and 'Traceback' not in r.stderr
+
+
+# --- DDP ----------------------------------------------------------------------------------------
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    """2 processes x micro-batch 2 == 1 process x 2 accumulation steps of 2 (same global batch of 4).
+
+    Tolerance: max |diff| of every parameter < 1e-5 (float32 all-reduce vs local sum; observed ~1e-7)."""
+    one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+    r1 = run([sys.executable, 'train.py', *FAST, '--micro_batch', '2', '--out_dir', one, '--device', 'cpu'])
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
+              'train.py', *FAST, '--out_dir', two, '--device', 'cpu'])
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    a = torch.load(os.path.join(one, 'ckpt.pt'), weights_only=True)
+    b = torch.load(os.path.join(two, 'ckpt.pt'), weights_only=True)
+    assert a['step'] == b['step'] == 6
+    worst = max((a['model'][k] - b['model'][k]).abs().max().item() for k in a['model'])
+    moved = max((a['model'][k] - a0).abs().max().item() for k, a0 in initial_weights().items())
+    assert worst < 1e-5 and moved > 1e-3, (worst, moved)
+
+
+def initial_weights():
+    from model import build_model
+    torch.manual_seed(0)
+    return build_model('tiny', 32, 4, 32.0).state_dict()
+
+
+# --- exact resume and atomic checkpoints ----------------------------------------------------------
+def test_killed_run_resumes_with_the_same_losses(tmp_path):
+    ref, cut = str(tmp_path / 'ref'), str(tmp_path / 'cut')
+    args = [sys.executable, 'train.py', *FAST, '--max_iters', '12', '--ckpt_interval', '3']
+    r = run(args + ['--out_dir', ref])
+    assert r.returncode == 0, r.stderr[-2000:]
+    expected = {rec['step']: rec['loss'] for rec in read_log(ref) if 'loss' in rec}
+    # start the same run, SIGKILL it once a checkpoint exists (no chance to clean up), then --resume
+    p = subprocess.Popen(args + ['--out_dir', cut], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(cut, 'ckpt.pt')
+    deadline = time.time() + 240
+    while not os.path.exists(ckpt) and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    resumed_from = torch.load(ckpt, weights_only=True)['step']
+    assert resumed_from < 12, "the run finished before it could be killed"
+    n_before = len(read_log(cut))
+    r = run(args + ['--out_dir', cut, '--resume'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = [rec for rec in read_log(cut)[n_before:] if 'loss' in rec]
+    assert [rec['step'] for rec in after] == list(range(resumed_from + 1, 13))
+    for rec in after:
+        assert rec['loss'] == pytest.approx(expected[rec['step']], rel=1e-5), rec['step']
+
+
+def test_checkpoint_killed_mid_write_never_replaces_the_good_one(tmp_path):
+    path = str(tmp_path / 'ckpt.pt')
+    train.save_checkpoint({'step': 1, 'w': torch.arange(10.0)}, path)
+    script = f"""
+import os, signal, sys, torch
+sys.path.insert(0, {ROOT!r})
+import train
+def dying_save(obj, f):
+    f.write(b'PK\\x03\\x04 half a checkpoint')
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+train.save_checkpoint({{'step': 2, 'w': torch.zeros(10)}}, {path!r})
+"""
+    r = run([sys.executable, '-c', script])
+    assert r.returncode == -signal.SIGKILL
+    good = torch.load(path, weights_only=True)
+    assert good['step'] == 1 and torch.equal(good['w'], torch.arange(10.0))
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    path = str(tmp_path / 'ckpt.pt')
+    cfg = train.parse_config([])
+    train.save_checkpoint({'config': dict(cfg, resolution=64)}, path)
+    with pytest.raises(ValueError, match='resolution=64 .now 32.'):
+        train.load_checkpoint(path, cfg)
+
+
+# --- sampling and encoding -------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def trained_ckpt(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('run'))
+    r = run([sys.executable, 'train.py', *FAST, '--out_dir', out, '--sample_interval', '6'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for png in ('samples_1step.png', 'samples_2step.png', 'reconstructions.png'):
+        assert os.path.getsize(os.path.join(out, png)) > 0
+    assert any('test_psnr' in rec for rec in read_log(out))
+    return os.path.join(out, 'ckpt.pt')
+
+
+@pytest.mark.parametrize('steps', [1, 2])
+def test_generate_shapes_at_several_resolutions(trained_ckpt, steps):
+    import sample
+    model, cfg, _ = sample.load_model(trained_ckpt)
+    lcfg = train.loss_config(cfg)
+    for res in (16, 32, 48, 96):
+        grid_img, inr_img = sample.generate(model, [0, 1, 2], steps, lcfg, res)
+        assert grid_img.shape == (3, 3, 32, 32) and inr_img.shape == (3, 3, res, res)
+        assert torch.isfinite(inr_img).all()
+    # per-image seeds: a sample does not depend on what else is in the batch
+    a, _ = sample.generate(model, [5, 6], steps, lcfg)
+    b, _ = sample.generate(model, [6], steps, lcfg)
+    assert torch.allclose(a[1], b[0], atol=1e-5)
+
+
+def test_sample_cli_writes_png_and_npz(trained_ckpt, tmp_path):
+    png, npz = str(tmp_path / 's.png'), str(tmp_path / 's.npz')
+    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--n', '5', '--steps', '2', '--resolution', '64',
+             '--out', png, '--npz', npz, '--batch', '2'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = np.load(npz)['samples']
+    assert s.shape == (5, 64, 64, 3) and s.dtype == np.uint8
+    assert os.path.getsize(png) > 0
+
+
+def test_encode_reports_finite_psnr_with_documented_keys(trained_ckpt, tmp_path):
+    js = str(tmp_path / 'm.json')
+    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--encode', '--limit', '8', '--json', js,
+             '--out', str(tmp_path / 'e.png')])
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.load(open(js))
+    assert set(m) == {'n_images', 'resolution', 'psnr', 'psnr_2x', 'psnr_4x', 'ckpt', 'step'}
+    assert m['n_images'] == 8 and m['step'] == 6
+    assert all(np.isfinite(m[k]) and 5 < m[k] < 60 for k in ('psnr', 'psnr_2x', 'psnr_4x'))
+    assert os.path.getsize(str(tmp_path / 'e_encode.png')) > 0
+
+
+def test_sample_missing_checkpoint_is_a_clear_error(tmp_path):
+    r = run([sys.executable, 'sample.py', '--ckpt', str(tmp_path / 'none.pt')])
+    assert r.returncode != 0 and 'no checkpoint at' in r.stderr and 'Traceback' not in r.stderr

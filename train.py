@@ -1,0 +1,353 @@
+"""Train INRCT: ETS warm-up (reconstruction only), then consistency training, with EMA.
+
+    python train.py                                   # embedded default: shapes 32^2, tiny model, CPU ok
+    python train.py --dataset cifar10 --data_dir ~/data --batch_size=64
+    torchrun --nproc_per_node=4 train.py --dataset celeba --data_dir ~/data/celeba_hq
+    python train.py --resume                          # continue out_dir/ckpt.pt exactly
+
+Every schedule (ETS phase, ECT stage, EMA, data order, noise) is a pure function of the step.
+"""
+import copy
+from contextlib import nullcontext
+import difflib
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+# -----------------------------------------------------------------------------
+# defaults (each can be overridden by configs/<dataset>.py, then by --key=value or --key value)
+dataset = 'shapes'        # shapes | cifar10 | celeba | folder
+data_dir = ''
+cache_dir = ''            # where celeba's .npy cache goes ('' = ~/.cache/inrct)
+resolution = 32
+test_fraction = 0.1       # folder datasets: last fraction of sorted files is the test split
+preset = 'tiny'           # model size, see model.INRCT_models
+patch = 4
+pe_sigma = 32.0           # highest positional-encoding frequency of the image INR
+dropout = 0.0
+batch_size = 32           # global batch, over all processes and accumulation steps
+micro_batch = 0           # per-process forward size (0 = the whole per-process batch)
+lr = 1e-4
+grad_clip = 1.0           # global grad-norm clip (0 = off); tames RAdam's un-rectified first steps
+max_iters = 1500
+warmup_iters = 800        # ETS reconstruction-only steps
+ect_d = 100               # ECT stage length in steps
+ema_decay = 0.9999
+teacher_ema = 0.0         # 0: the teacher is the current weights (ECT); >0: an EMA teacher (Algorithm 1)
+sigma_data = 0.5
+shift_precond = True
+huber_c = 0.0
+lambda_gene = 1.0         # loss weights of full training (Eq. 17); warm-up uses (0, 1, 0)
+lambda_recon = 1.0
+lambda_diff = 1.0
+seed = 0
+out_dir = 'out'
+resume = False
+max_minutes = 0.0         # wall-clock budget (0 = none); a checkpoint is written on exit
+log_interval = 50
+sample_interval = 250     # sample/reconstruction grids and test PSNR
+ckpt_interval = 250
+device = 'auto'           # auto | cpu | cuda
+compile = False           # torch.compile the model (GPU)
+dry_run = False           # build everything, print the config and parameter count, exit
+# -----------------------------------------------------------------------------
+# architecture keys: a checkpoint can only be resumed or sampled with the same values
+ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma')
+
+
+def defaults():
+    return {k: v for k, v in globals().items()
+            if not k.startswith('_') and isinstance(v, (int, float, bool, str)) and k.islower()}
+
+
+def parse_value(key, text, default):
+    if isinstance(default, bool):
+        if text.lower() in ('1', 'true', 'yes'):
+            return True
+        if text.lower() in ('0', 'false', 'no'):
+            return False
+        raise ValueError(f"--{key} takes true/false, got {text!r}")
+    try:
+        return type(default)(float(text)) if isinstance(default, int) and '.' not in text and 'e' in text.lower() \
+            else type(default)(text)
+    except ValueError:
+        raise ValueError(f"--{key} takes a {type(default).__name__} (default {default!r}), got {text!r}") from None
+
+
+def parse_config(argv):
+    """nanoGPT-style: defaults above, then configs/<dataset>.py, then command-line overrides."""
+    cfg = defaults()
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith('--'):
+            raise ValueError(f"unexpected argument {arg!r}; options look like --key=value or --key value")
+        if '=' in arg:
+            key, val = arg[2:].split('=', 1)
+        elif arg[2:] in cfg and isinstance(cfg[arg[2:]], bool) and (i + 1 == len(argv) or argv[i + 1].startswith('--')):
+            key, val = arg[2:], 'true'  # bare flag: --resume, --dry_run
+        else:
+            if i + 1 == len(argv):
+                raise ValueError(f"{arg} needs a value")
+            key, val, i = arg[2:], argv[i + 1], i + 1
+        if key not in cfg:
+            close = difflib.get_close_matches(key, list(cfg), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ''
+            raise ValueError(f"unknown config key --{key}{hint}")
+        pairs.append((key, val))
+        i += 1
+    name = dict(pairs).get('dataset', cfg['dataset'])
+    preset_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', f'{name}.py')
+    if os.path.isfile(preset_file):
+        scope = {}
+        exec(open(preset_file).read(), scope)
+        for k, v in scope.items():
+            if k.startswith('_'):
+                continue
+            if k not in cfg:
+                raise ValueError(f"{preset_file} sets unknown key {k!r}")
+            cfg[k] = type(cfg[k])(v) if not isinstance(cfg[k], bool) else bool(v)
+    for key, val in pairs:
+        cfg[key] = parse_value(key, val, cfg[key])
+    return cfg
+
+
+def loss_config(cfg):
+    from losses import LossConfig
+    cfg = {**defaults(), **cfg}  # checkpoints from before a key existed get its default
+    return LossConfig(sigma_data=cfg['sigma_data'], d=cfg['ect_d'], warmup_iters=cfg['warmup_iters'],
+                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'],
+                      lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
+
+
+def step_generator(seed, step, slot, device):
+    """The RNG of one micro-batch: a pure function of (seed, step, slot), slot = rank * accum + micro-step,
+    so N processes draw exactly the noise one process draws with N micro-steps."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 4099 + slot)
+
+
+def batch_indices(seed, step, batch, n):
+    """The global batch of dataset indices at this step (shared by every rank)."""
+    g = torch.Generator().manual_seed(seed * 7919 + step)
+    return torch.randint(0, n, (batch,), generator=g)
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+
+
+def save_checkpoint(obj, path):
+    """Write to a temporary file, fsync, then rename: a crash mid-write never replaces the good file."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, cfg=None):
+    """Load a checkpoint on CPU; with cfg, refuse one whose architecture keys differ."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py) or fix --out_dir/--ckpt")
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    if cfg is not None:
+        diff = {k: (ckpt['config'].get(k), cfg[k]) for k in ARCH_KEYS if ckpt['config'].get(k) != cfg[k]}
+        if diff:
+            raise ValueError(f"checkpoint {path} was trained with another config "
+                             + ', '.join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())
+                             + "; pass the same values or use another --out_dir")
+    return ckpt
+
+
+def main(argv):
+    cfg = parse_config(argv)
+    from data import load_dataset
+    from inr import make_grid, jitter_grid, to_float
+    from losses import INRCTLoss
+    from model import build_model, count_params
+    import sample
+
+    # --- processes and devices ---
+    ddp = 'RANK' in os.environ
+    rank, world, local_rank = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE']),
+                               int(os.environ['LOCAL_RANK'])) if ddp else (0, 1, 0)
+    use_cuda = cfg['device'] == 'cuda' or (cfg['device'] == 'auto' and torch.cuda.is_available())
+    dev = torch.device(f'cuda:{local_rank}' if use_cuda else 'cpu')
+    if use_cuda:
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if ddp:
+        dist.init_process_group('nccl' if use_cuda else 'gloo')
+    master = rank == 0
+    per_rank = cfg['batch_size'] // world
+    assert per_rank * world == cfg['batch_size'], f"batch_size {cfg['batch_size']} must divide by {world} processes"
+    micro = cfg['micro_batch'] or per_rank
+    accum = per_rank // micro
+    assert accum * micro == per_rank, f"per-process batch {per_rank} must divide by micro_batch {micro}"
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if use_cuda else torch.autocast('cpu', enabled=False)
+
+    # --- model, optimiser, EMA, data ---
+    torch.manual_seed(cfg['seed'])
+    model = build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'], cfg['dropout']).to(dev)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    teacher = copy.deepcopy(model).requires_grad_(False) if cfg['teacher_ema'] > 0 else None
+    opt = torch.optim.RAdam(model.parameters(), lr=cfg['lr'])
+    if master:
+        print(json.dumps(cfg, indent=1))
+        print(f"params: {count_params(model)}")
+        print(f"processes {world} x accumulation {accum} x micro-batch {micro} = batch {cfg['batch_size']} on {dev}")
+    train_set = load_dataset(cfg['dataset'], 'train', cfg['resolution'], cfg['data_dir'], cfg['seed'],
+                             cfg['test_fraction'], cfg['cache_dir'])
+    test_set = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'],
+                            cfg['test_fraction'], cfg['cache_dir'])
+    if cfg['dry_run']:
+        print(f"train {len(train_set)} / test {len(test_set)} images; dry run, exiting")
+        return cleanup(ddp)
+
+    step = 0
+    ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    if cfg['resume']:
+        ckpt = load_checkpoint(ckpt_path, cfg)
+        model.load_state_dict(ckpt['model'])
+        ema.load_state_dict(ckpt['ema'])
+        if teacher is not None:
+            teacher.load_state_dict(ckpt['teacher'])
+        opt.load_state_dict(ckpt['optimizer'])
+        step = ckpt['step']
+        torch.set_rng_state(ckpt['rng'])
+        if master:
+            print(f"resumed from {ckpt_path} at step {step}")
+    if master:
+        os.makedirs(cfg['out_dir'], exist_ok=True)
+    net = DDP(model, device_ids=[local_rank] if use_cuda else None, broadcast_buffers=False) if ddp else model
+    if cfg['compile']:
+        net = torch.compile(net)
+    loss_fn = INRCTLoss(loss_config(cfg))
+    grid = make_grid(cfg['resolution'], cfg['resolution'], dev)
+    test_images = to_float(test_set.get(range(min(64, len(test_set))))).to(dev)
+
+    def checkpoint():
+        if master:
+            save_checkpoint({'model': model.state_dict(), 'ema': ema.state_dict(), 'optimizer': opt.state_dict(),
+                             'teacher': teacher.state_dict() if teacher is not None else None,
+                             'step': step, 'config': cfg, 'rng': torch.get_rng_state()}, ckpt_path)
+
+    # --- the loop ---
+    interrupted = []
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.append('SIGTERM'))
+    t_start = t_log = time.time()
+    sums, n_sums = {}, 0
+    bar = tqdm(total=cfg['max_iters'], initial=step, disable=not master, desc='train', dynamic_ncols=True)
+    try:
+        while step < cfg['max_iters']:
+            warm = step < cfg['warmup_iters']
+            idx = batch_indices(cfg['seed'], step, cfg['batch_size'], len(train_set))
+            for m in range(accum):
+                slot = rank * accum + m
+                part = idx[slot * micro:(slot + 1) * micro]
+                x = to_float(train_set.get(part.tolist())).to(dev)
+                g = step_generator(cfg['seed'], step, slot, dev)
+                torch.manual_seed(cfg['seed'] * 1_000_003 + step * 4099 + slot)  # dropout masks
+                batch = {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), g)}
+                sync = m == accum - 1 or not ddp
+                with (net.no_sync() if ddp and not sync else nullcontext()), autocast:
+                    # the teacher pass runs on the unwrapped model: no DDP hooks or collectives in it
+                    loss, parts = loss_fn(net, batch, step, g, teacher or model)
+                    (loss / accum).backward()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v / accum
+                sums['loss'] = sums.get('loss', 0.0) + loss.item() / accum
+            n_sums += 1
+            for p in model.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+            if cfg['grad_clip'] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if not warm:  # no EMA during warm-up; the first full step copies the weights (decay 0)
+                first = step == cfg['warmup_iters']
+                update_ema(ema, model, 0.0 if first else cfg['ema_decay'])
+                if teacher is not None:
+                    update_ema(teacher, model, 0.0 if first else cfg['teacher_ema'])
+            step += 1
+            bar.update(1)
+
+            if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
+                dt = time.time() - t_log
+                t_log = time.time()
+                rec = {'step': step, 'phase': 'warmup' if warm else 'full', 'lr': cfg['lr'],
+                       **{k: v / n_sums for k, v in sums.items()},
+                       'img_per_s': n_sums * cfg['batch_size'] / dt, 'peak_mem_mb': peak_memory_mb(dev),
+                       'minutes': (time.time() - t_start) / 60}
+                sums, n_sums = {}, 0
+                if master:
+                    bar.write(f"step {step} {rec['phase']} stage {rec['stage']:.0f} loss {rec['loss']:.4g} "
+                              f"gene {rec['L_gene']:.4g} recon {rec['L_recon']:.4g} diff {rec['L_diff']:.4g} "
+                              f"{rec['img_per_s']:.1f} img/s {rec['peak_mem_mb']:.0f} MB")
+                    log_json(cfg['out_dir'], rec)
+            if master and (step % cfg['sample_interval'] == 0 or step == cfg['max_iters']):
+                weights = model if step <= cfg['warmup_iters'] else ema
+                p = sample.write_progress(weights, test_images, loss_fn.cfg, cfg['out_dir'])
+                bar.write(f"step {step} test PSNR {p:.2f} dB (grids in {cfg['out_dir']})")
+                log_json(cfg['out_dir'], {'step': step, 'test_psnr': p})
+            if step % cfg['ckpt_interval'] == 0:
+                checkpoint()
+            if stop_now(cfg, t_start, interrupted, ddp, dev):
+                if master:
+                    bar.write(f"stopping at step {step}: {interrupted[0] if interrupted else 'max_minutes'}")
+                break
+    except KeyboardInterrupt:
+        if master:
+            bar.write(f"interrupted at step {step}; writing {ckpt_path}")
+    bar.close()
+    checkpoint()
+    if master:
+        print(f"done: step {step}, {(time.time() - t_start) / 60:.1f} min, checkpoint {ckpt_path}")
+    cleanup(ddp)
+
+
+def stop_now(cfg, t_start, interrupted, ddp, dev):
+    """Wall-clock budget or SIGTERM; under DDP every rank agrees (rank 0's clock decides)."""
+    stop = bool(interrupted) or (cfg['max_minutes'] > 0 and time.time() - t_start > 60 * cfg['max_minutes'])
+    if ddp:
+        flag = torch.tensor([float(stop)], device=dev)
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    return stop
+
+
+def peak_memory_mb(dev):
+    if dev.type == 'cuda':
+        return torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def log_json(out_dir, rec):
+    with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
+        f.write(json.dumps(rec) + '\n')
+
+
+def cleanup(ddp):
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        sys.exit(f"error: {e}")
