@@ -37,7 +37,8 @@ dropout = 0.0
 batch_size = 32           # global batch, over all processes and accumulation steps
 micro_batch = 0           # per-process forward size (0 = the whole per-process batch)
 lr = 1e-4
-grad_clip = 1.0           # global grad-norm clip (0 = off); tames RAdam's un-rectified first steps
+grad_clip = 1.0           # global grad-norm clip (0 = off); tames RAdam's un-rectified first steps and
+                          # keeps consistency training stable (without it the tiny run fell 26.6 -> 16.3 dB)
 max_iters = 1500
 warmup_iters = 800        # ETS reconstruction-only steps
 ect_d = 100               # ECT stage length in steps
@@ -232,7 +233,7 @@ def main(argv):
             print(f"resumed from {ckpt_path} at step {step}")
     if master:
         os.makedirs(cfg['out_dir'], exist_ok=True)
-    net = DDP(model, device_ids=[local_rank] if use_cuda else None, broadcast_buffers=False) if ddp else model
+    net = DDP(model, device_ids=[local_rank] if use_cuda else None) if ddp else model
     if cfg['compile']:
         net = torch.compile(net)
     loss_fn = INRCTLoss(loss_config(cfg))
