@@ -10,7 +10,6 @@ unchanged and gives the same features; tests/test_fid.py proves it on the recipe
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time

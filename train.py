@@ -11,7 +11,6 @@ import copy
 from contextlib import nullcontext
 import difflib
 import json
-import math
 import os
 import resource
 import signal
