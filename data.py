@@ -199,3 +199,26 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         cache = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')
         return ArrayDataset(load_folder(files, resolution, cache if name == 'celeba' else None, f'{name}_{split}'))
     raise ValueError(f"unknown dataset {name!r}; choose shapes, cifar10, celeba or folder")
+
+
+# --- SRN camera files (the NeRF loaders build on these) ------------------------------------------------------
+def read_srn_pose(path):
+    """pose/*.txt: 16 numbers, a row-major 4x4 OpenCV-style camera-to-world matrix -> float32 tensor (4, 4)."""
+    try:
+        values = np.loadtxt(path, dtype=np.float64).reshape(-1)
+    except Exception as e:
+        raise ValueError(f"cannot read pose file {path}: {e}") from e
+    if values.size != 16:
+        raise ValueError(f"pose file {path} holds {values.size} numbers; expected 16 (a 4x4 camera-to-world matrix)")
+    return torch.from_numpy(values.reshape(4, 4)).float()
+
+
+def read_srn_intrinsics(path):
+    """intrinsics.txt: first line 'f cx cy 0' (pixels) -> (f, cx, cy)."""
+    try:
+        with open(path) as f:
+            first = f.readline().split()
+        focal, cx, cy = (float(v) for v in first[:3])
+    except Exception as e:
+        raise ValueError(f"cannot read intrinsics {path} (expected a first line 'f cx cy 0'): {e}") from e
+    return focal, cx, cy

@@ -1,0 +1,117 @@
+"""nerf.py: camera conventions, ray directions, volume rendering, token-generated MLP weights, gradient flow."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data import read_srn_intrinsics, read_srn_pose
+from model import HyperConfig, HyperNetwork
+from nerf import NeRFINR, check_pose, get_rays, look_at, srn_to_opengl, volume_render
+
+
+def passes_through_origin(o, d):
+    return torch.linalg.cross(o, d).norm().item() < 1e-5 and torch.dot(-o, d).item() > 0
+
+
+@pytest.mark.parametrize('eye', [(1.3, 0.0, 0.2), (0.3, -0.9, 0.8), (-0.5, 0.5, 1.1)])
+def test_principal_ray_of_a_camera_looking_at_the_origin_hits_it(eye):
+    pose = look_at(eye)
+    check_pose(pose)
+    o, d = get_rays(pose, focal=1.0, cx=0.5, cy=0.5, H=1, W=1)  # the one pixel centre is the principal point
+    assert passes_through_origin(o[0, 0], d[0, 0])
+
+
+def test_pixel_centre_directions_for_known_intrinsics():
+    o, d = get_rays(torch.eye(4), focal=2.0, cx=2.0, cy=1.0, H=2, W=4)
+    assert d.shape == (2, 4, 3) and torch.all(o == 0)
+    for i in range(2):
+        for j in range(4):
+            expect = F.normalize(torch.tensor([(j + 0.5 - 2.0) / 2.0, -(i + 0.5 - 1.0) / 2.0, -1.0]), dim=0)
+            assert torch.allclose(d[i, j], expect, atol=1e-6), (i, j)
+
+
+def test_srn_pose_file_converts_to_opengl(tmp_path):
+    """An OpenCV-style pose in SRN's on-disk layout (one line of 16 numbers) looks at the origin after conversion."""
+    eye = np.array([0.4, -1.0, 0.6])
+    z = -eye / np.linalg.norm(eye)                      # OpenCV: +z looks forward, at the origin
+    x = np.cross(z, [0, 0, 1.0]); x /= np.linalg.norm(x)
+    y = np.cross(z, x)                                  # +y points down
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = np.stack([x, y, z], 1), eye
+    (tmp_path / 'pose').mkdir()
+    np.savetxt(tmp_path / 'pose' / '000000.txt', pose.reshape(1, 16))
+    (tmp_path / 'intrinsics.txt').write_text('131.25 64. 64. 0.\n0. 0. 0.\n1.\n128 128\n')
+    focal, cx, cy = read_srn_intrinsics(tmp_path / 'intrinsics.txt')
+    assert (focal, cx, cy) == (131.25, 64.0, 64.0)
+    gl = srn_to_opengl(read_srn_pose(tmp_path / 'pose' / '000000.txt'))
+    check_pose(gl)
+    o, d = get_rays(gl, focal, cx, cy, 128, 128)
+    centre = (d[63, 63] + d[63, 64] + d[64, 63] + d[64, 64]) / 4   # the principal point lies between 4 centres
+    assert passes_through_origin(o[0, 0], F.normalize(centre, dim=0))
+    # the top image row looks up (+z in the world here), as a photo should
+    assert d[0, 64, 2] > d[127, 64, 2]
+
+
+def test_bad_pose_and_pose_file_are_refused(tmp_path):
+    with pytest.raises(ValueError, match='not a rigid'):
+        check_pose(torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0])))
+    (tmp_path / 'p.txt').write_text('1 0 0\n0 1 0\n')
+    with pytest.raises(ValueError, match='holds 6 numbers; expected 16'):
+        read_srn_pose(tmp_path / 'p.txt')
+
+
+@pytest.mark.parametrize('sigma', [0.0, 0.5, 3.0])
+def test_constant_density_slab_transmittance_and_empty_space(sigma):
+    """Black matter of density sigma filling [near, far]: the white background shows through exp(-sigma L)."""
+    field = lambda p: (torch.full((*p.shape[:-1], 3), -1e4), torch.full(p.shape[:-1], sigma))  # noqa: E731
+    o, d = torch.zeros(5, 3), F.normalize(torch.randn(5, 3), dim=-1)
+    for gen in (None, torch.Generator().manual_seed(0)):  # evaluation and jittered training samples
+        colour, weights = volume_render(field, o, d, 0.8, 1.8, 32, gen)
+        assert torch.allclose(colour, torch.full((5, 3), math.exp(-sigma * 1.0)), atol=1e-5)
+    if sigma == 0:
+        assert torch.equal(colour, torch.ones(5, 3)) and torch.all(weights == 0)
+
+
+def test_token_generated_weights_have_documented_shapes_and_unit_columns():
+    m = NeRFINR(depth=6, width=256, token_dim=64, groups=32, num_freqs=8)
+    assert m.num_tokens == 5 * 32 + 1
+    ws = m.weights(torch.randn(3, m.num_tokens, 64))
+    assert [tuple(w.shape) for w in ws] == [(3, 3 + 6 * 8 + 1, 256)] + [(3, 257, 256)] * 4 + [(3, 257, 4)]
+    for w in ws:
+        assert torch.allclose(w.norm(dim=1), torch.ones(w.shape[0], w.shape[2]), atol=1e-5)
+    # each token owns its own columns: changing token 0 changes only the first 256/32 columns of layer 0
+    beta = torch.randn(1, m.num_tokens, 64)
+    beta2 = beta.clone()
+    beta2[0, 0] += 1
+    diff = (m.weights(beta)[0] - m.weights(beta2)[0]).abs().sum(1)[0]
+    assert diff[:8].min() > 0 and diff[8:].max() == 0
+
+
+def test_gradients_reach_the_hypernetwork_from_rendered_pixels():
+    torch.manual_seed(0)
+    inr = NeRFINR(depth=3, width=32, token_dim=32, groups=4, num_freqs=4, resolution=16, patch=8, n_samples=8)
+    hyper = HyperNetwork(HyperConfig(token_dim=9 * 64, grid=2, dim=32, ff_dim=64, heads=2, enc_depth=1,
+                                     dec_depth=1, inr_tokens=inr.num_tokens, inr_token_dim=32))
+    for block in hyper.encoder:
+        torch.nn.init.normal_(block.ada[-1].weight, std=0.02)
+    pose = look_at((1.3, 0.0, 0.4))[None, None].expand(2, 1, 4, 4)
+    o, d = get_rays(pose, 20.0, 8.0, 8.0, 16, 16)                  # (2, 1, 16, 16, 3)
+    rgb = torch.rand(2, 1, 3, 16, 16)
+    beta = hyper(inr.tokenize(rgb, o, d), torch.zeros(2))
+    q_o, q_d = get_rays(look_at((0.0, 1.3, 0.4))[None].expand(2, 4, 4), 20.0, 8.0, 8.0, 4, 4)
+    pixels = inr.render(beta, q_o.reshape(2, -1, 3), q_d.reshape(2, -1, 3), torch.Generator().manual_seed(0))
+    assert pixels.shape == (2, 16, 3) and pixels.min() >= 0 and pixels.max() <= 1 + 1e-6
+    (pixels - 0.3).square().sum().backward()
+    for name, p in list(hyper.named_parameters()) + list(inr.named_parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_chunked_render_equals_one_pass():
+    torch.manual_seed(0)
+    m = NeRFINR(depth=3, width=32, token_dim=16, groups=4, num_freqs=4, n_samples=8)
+    beta = torch.randn(2, m.num_tokens, 16)
+    o = torch.randn(2, 50, 3) * 0.1 + torch.tensor([0, 0, 1.3])
+    d = F.normalize(-o + 0.05 * torch.randn(2, 50, 3), dim=-1)
+    assert torch.allclose(m.render(beta, o, d, chunk=7), m.render(beta, o, d), atol=1e-6)
