@@ -4,6 +4,7 @@ shapes   the embedded default: procedural images, drawn on demand from (seed, in
 cifar10  the python pickle batches (cifar-10-batches-py/data_batch_1..5, test_batch), 50k/10k, 32^2.
 celeba   CelebA-HQ from an image folder, sorted, first 27,000 train / last 3,000 test, cached as .npy.
 folder   any directory tree of png/jpg images, centre-cropped and resized, last test_fraction as test.
+SRNDataset / write_shapes3d: multi-view sets in SRN Cars' on-disk layout (real SRN Cars, or generated offline).
 """
 import hashlib
 import os
@@ -222,3 +223,154 @@ def read_srn_intrinsics(path):
     except Exception as e:
         raise ValueError(f"cannot read intrinsics {path} (expected a first line 'f cx cy 0'): {e}") from e
     return focal, cx, cy
+
+
+class SRNDataset:
+    """SRN layout: root/<scene>/{rgb/*.png, pose/*.txt, intrinsics.txt}; views are read on demand.
+
+    get(scene, views) -> (uint8 images (V, R, R, 3), OpenGL poses (V, 4, 4), (f, cx, cy) at resolution R).
+    """
+
+    def __init__(self, root, resolution):
+        self.root, self.resolution = Path(root), resolution
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"SRN folder {self.root} does not exist; expected "
+                                    f"<data_dir>/cars_train/<scene>/{{rgb/*.png, pose/*.txt, intrinsics.txt}}")
+        self.scenes = sorted(p for p in self.root.iterdir() if (p / 'rgb').is_dir())
+        if not self.scenes:
+            raise FileNotFoundError(f"no scenes with an rgb/ folder under {self.root}")
+        self.views = []
+        for s in self.scenes:
+            rgb = sorted((s / 'rgb').glob('*.png'))
+            for f in rgb:
+                if not (s / 'pose' / f'{f.stem}.txt').is_file():
+                    raise FileNotFoundError(f"{s / 'pose' / (f.stem + '.txt')} is missing (every rgb/*.png needs "
+                                            f"its pose/*.txt)")
+            if not (s / 'intrinsics.txt').is_file():
+                raise FileNotFoundError(f"{s / 'intrinsics.txt'} is missing")
+            self.views.append(rgb)
+
+    def __len__(self):
+        return len(self.scenes)
+
+    def get(self, scene, views):
+        from nerf import check_pose, srn_to_opengl
+        s = self.scenes[scene]
+        images, poses = [], []
+        for v in views:
+            f = self.views[scene][v]
+            try:
+                with Image.open(f) as im:
+                    im = im.convert('RGB')
+            except Exception as e:
+                raise ValueError(f"cannot read image {f}: {e}") from e
+            if im.size != (self.resolution, self.resolution):
+                raise ValueError(f"{f} is {im.size[0]}x{im.size[1]}, expected {self.resolution}x{self.resolution} "
+                                 f"(set --resolution to the dataset's size)")
+            images.append(np.asarray(im, dtype=np.uint8))
+            pose = srn_to_opengl(read_srn_pose(s / 'pose' / f'{f.stem}.txt'))
+            check_pose(pose, str(s / 'pose' / f'{f.stem}.txt'))
+            poses.append(pose)
+        focal, cx, cy = read_srn_intrinsics(s / 'intrinsics.txt')
+        scale = self.resolution / (2 * cx)  # intrinsics may be stored for another image size
+        return torch.from_numpy(np.stack(images)), torch.stack(poses), (focal * scale, cx * scale, cy * scale)
+
+
+# --- shapes3d: the offline multi-view default, written in the SRN layout --------------------------------------
+def _hit_sphere(o, d, c, r):
+    oc = o - c
+    b = (oc * d).sum(-1)
+    disc = b ** 2 - ((oc ** 2).sum(-1) - r ** 2)
+    t = -b - np.sqrt(np.maximum(disc, 0))
+    p = o + t[..., None] * d
+    return np.where(disc > 0, t, np.inf), (p - c) / r
+
+
+def _hit_box(o, d, c, h):
+    with np.errstate(divide='ignore', invalid='ignore'):
+        t1, t2 = (c - h - o) / d, (c + h - o) / d
+    tmin, tmax = np.minimum(t1, t2), np.maximum(t1, t2)
+    t_near, t_far = tmin.max(-1), tmax.min(-1)
+    axis = tmin.argmax(-1)
+    n = -np.sign(np.take_along_axis(d, axis[..., None], -1)) * np.eye(3)[axis]
+    return np.where((t_near < t_far) & (t_near > 0), t_near, np.inf), n
+
+
+def _hit_cylinder(o, d, c, r, h):
+    """Vertical (z) capped cylinder: side and caps."""
+    oc = o - c
+    a = d[..., 0] ** 2 + d[..., 1] ** 2
+    b = oc[..., 0] * d[..., 0] + oc[..., 1] * d[..., 1]
+    disc = b ** 2 - a * (oc[..., 0] ** 2 + oc[..., 1] ** 2 - r ** 2)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        ts = (-b - np.sqrt(np.maximum(disc, 0))) / a
+        ts = np.where((disc > 0) & (np.abs(oc[..., 2] + ts * d[..., 2]) < h) & (ts > 0), ts, np.inf)
+        tc = np.minimum(*[np.where(((oc[..., :2] + ((s - oc[..., 2]) / d[..., 2])[..., None] * d[..., :2]) ** 2)
+                                    .sum(-1) < r ** 2, (s - oc[..., 2]) / d[..., 2], np.inf) for s in (-h, h)])
+    tc = np.where(tc > 0, tc, np.inf)
+    p = oc + np.minimum(ts, tc)[..., None] * d
+    side = np.concatenate([p[..., :2] / r, np.zeros_like(p[..., :1])], -1)
+    cap = np.zeros_like(p)
+    cap[..., 2] = np.sign(p[..., 2])
+    return np.minimum(ts, tc), np.where((ts <= tc)[..., None], side, cap)
+
+
+@np.errstate(invalid='ignore', divide='ignore')
+def render_shapes3d(seed, obj, pose, focal, resolution, ss=2):
+    """One shaded view (uint8 R x R x 3, white background) of object `obj`, supersampled ss x ss per pixel."""
+    from nerf import get_rays
+    rng = np.random.default_rng([seed, obj])
+    parts = []
+    for _ in range(rng.integers(1, 4)):
+        parts.append(dict(kind=['sphere', 'box', 'cylinder'][rng.integers(3)], centre=rng.uniform(-0.2, 0.2, 3),
+                          size=rng.uniform(0.12, 0.25), colour=rng.uniform(0.1, 0.9, 3),
+                          half=rng.uniform(0.08, 0.22, 3)))
+    n = resolution * ss
+    o, d = (x.numpy().astype(np.float64) for x in get_rays(pose, focal * ss, n / 2, n / 2, n, n))
+    depth, img = np.full((n, n), np.inf), np.ones((n, n, 3))
+    light = np.array([0.4, 0.3, 0.87])
+    for p in parts:  # misses give inf/nan normals; they are masked out by `closer` below
+        if p['kind'] == 'sphere':
+            t, nrm = _hit_sphere(o, d, p['centre'], p['size'])
+        elif p['kind'] == 'box':
+            t, nrm = _hit_box(o, d, p['centre'], p['half'])
+        else:
+            t, nrm = _hit_cylinder(o, d, p['centre'], p['size'], p['half'][2])
+        shade = 0.35 + 0.65 * np.clip((nrm * light).sum(-1), 0, 1)
+        closer = t < depth
+        depth = np.where(closer, t, depth)
+        img = np.where(closer[..., None], p['colour'] * shade[..., None], img)
+    img = img.reshape(resolution, ss, resolution, ss, 3).mean((1, 3))
+    return np.round(img * 255).clip(0, 255).astype(np.uint8)
+
+
+def hemisphere_poses(n, radius=1.3, seed=None):
+    """OpenGL poses on the upper hemisphere looking at the origin: random (seed) or a fixed spiral (seed=None)."""
+    from nerf import look_at
+    if seed is None:
+        k = np.arange(n) + 0.5
+        elev, azim = np.arcsin(0.15 + 0.8 * k / n), k * np.pi * (3 - np.sqrt(5))
+    else:
+        rng = np.random.default_rng(seed)
+        elev, azim = np.arcsin(rng.uniform(0.15, 0.95, n)), rng.uniform(0, 2 * np.pi, n)
+    eyes = radius * np.stack([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)], 1)
+    return [look_at(tuple(e)) for e in eyes]
+
+
+def write_shapes3d(root, split, n_objects, n_views, resolution=32, seed=0, fov_focal=1.2):
+    """Write the offline multi-view set in the SRN layout (OpenCV poses, 'f cx cy 0' intrinsics) under root/split."""
+    from nerf import srn_to_opengl
+    out = Path(root) / split
+    focal = fov_focal * resolution
+    offset = 0 if split == 'train' else 1_000_000
+    for obj in tqdm(range(n_objects), desc=f'shapes3d {split}', leave=False):
+        scene = out / f'{obj:05d}'
+        (scene / 'rgb').mkdir(parents=True, exist_ok=True)
+        (scene / 'pose').mkdir(exist_ok=True)
+        poses = hemisphere_poses(n_views, seed=[seed, offset + obj] if split == 'train' else None)
+        for v, pose in enumerate(poses):
+            Image.fromarray(render_shapes3d(seed, offset + obj, pose, focal, resolution)).save(scene / 'rgb' / f'{v:06d}.png')
+            np.savetxt(scene / 'pose' / f'{v:06d}.txt', srn_to_opengl(pose).numpy().reshape(1, 16))  # back to OpenCV
+        (scene / 'intrinsics.txt').write_text(f'{focal} {resolution / 2} {resolution / 2} 0.\n0. 0. 0.\n1.\n'
+                                              f'{resolution} {resolution}\n')
+    return out

@@ -115,3 +115,39 @@ def test_chunked_render_equals_one_pass():
     o = torch.randn(2, 50, 3) * 0.1 + torch.tensor([0, 0, 1.3])
     d = F.normalize(-o + 0.05 * torch.randn(2, 50, 3), dim=-1)
     assert torch.allclose(m.render(beta, o, d, chunk=7), m.render(beta, o, d), atol=1e-6)
+
+
+# --- SRN layout loader and the shapes3d generator ------------------------------------------------------------
+from data import SRNDataset, write_shapes3d  # noqa: E402
+
+
+def test_shapes3d_is_written_in_srn_layout_and_loads(tmp_path):
+    root = write_shapes3d(tmp_path, 'train', n_objects=2, n_views=5, resolution=16)
+    scene = root / '00000'
+    assert sorted(p.name for p in scene.iterdir()) == ['intrinsics.txt', 'pose', 'rgb']
+    assert len(list((scene / 'rgb').glob('*.png'))) == 5 and len(list((scene / 'pose').glob('*.txt'))) == 5
+    ds = SRNDataset(root, 16)
+    images, poses, (focal, cx, cy) = ds.get(1, [0, 3])
+    assert len(ds) == 2 and images.shape == (2, 16, 16, 3) and poses.shape == (2, 4, 4)
+    assert (cx, cy) == (8.0, 8.0) and focal == pytest.approx(1.2 * 16)
+    for img, pose in zip(images, poses):
+        o, d = get_rays(pose, focal, cx, cy, 1, 1)
+        assert o[0, 0].norm().item() == pytest.approx(1.3, abs=1e-5)       # on the sphere of radius 1.3
+        img = img.float()
+        assert (img[0, 0] == 255).all() and (img[7:9, 7:9] < 250).any()     # white corner, object in the middle
+    # the same object from two views: different pictures of the same colours
+    assert not torch.equal(images[0], images[1])
+
+
+def test_srn_loader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='cars_train/<scene>'):
+        SRNDataset(tmp_path / 'none', 16)
+    root = write_shapes3d(tmp_path, 'train', n_objects=1, n_views=2, resolution=16)
+    with pytest.raises(ValueError, match='is 16x16, expected 32x32'):
+        SRNDataset(root, 32).get(0, [0])
+    (root / '00000' / 'pose' / '000001.txt').write_text(' '.join(['2'] * 16))
+    with pytest.raises(ValueError, match='not a rigid'):
+        SRNDataset(root, 16).get(0, [1])
+    (root / '00000' / 'pose' / '000001.txt').unlink()
+    with pytest.raises(FileNotFoundError, match='000001.txt is missing'):
+        SRNDataset(root, 16)
