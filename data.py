@@ -181,7 +181,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == 'shapes':
         return ShapesDataset(split, resolution, seed)
-    if not data_dir:
+    if not data_dir and name != 'shapes3d':
         raise ValueError(f"--dataset {name} reads from disk: pass --data_dir PATH (see README, 'Real data')")
     if name == 'cifar10':
         if resolution != 32:
@@ -199,7 +199,17 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         files = files[:n_train] if split == 'train' else files[n_train:]
         cache = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')
         return ArrayDataset(load_folder(files, resolution, cache if name == 'celeba' else None, f'{name}_{split}'))
-    raise ValueError(f"unknown dataset {name!r}; choose shapes, cifar10, celeba or folder")
+    if name == 'shapes3d':
+        cache = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')) / f'shapes3d_{resolution}_s{seed}'
+        if not (cache / split).is_dir():
+            tmp = cache / f'{split}.tmp{os.getpid()}'
+            n_objects, n_views = (200, 24) if split == 'train' else (16, 24)
+            write_shapes3d(tmp, n_objects, n_views, resolution, seed, test=split == 'test')
+            os.replace(tmp, cache / split)  # atomic: an interrupted generation is redone, never half-used
+        return SRNDataset(cache / split, resolution)
+    if name == 'srn_cars':
+        return SRNDataset(Path(data_dir) / f'cars_{split}', resolution)
+    raise ValueError(f"unknown dataset {name!r}; choose shapes, cifar10, celeba, folder, shapes3d or srn_cars")
 
 
 # --- SRN camera files (the NeRF loaders build on these) ------------------------------------------------------
@@ -357,17 +367,20 @@ def hemisphere_poses(n, radius=1.3, seed=None):
     return [look_at(tuple(e)) for e in eyes]
 
 
-def write_shapes3d(root, split, n_objects, n_views, resolution=32, seed=0, fov_focal=1.2):
-    """Write the offline multi-view set in the SRN layout (OpenCV poses, 'f cx cy 0' intrinsics) under root/split."""
+def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, fov_focal=1.2):
+    """Write the offline multi-view set in the SRN layout (OpenCV poses, 'f cx cy 0' intrinsics) under out/.
+
+    Train objects get random upper-hemisphere views; test objects (other seeds) a fixed spiral of views."""
     from nerf import srn_to_opengl
-    out = Path(root) / split
+    out = Path(out)
     focal = fov_focal * resolution
-    offset = 0 if split == 'train' else 1_000_000
+    split = 'test' if test else 'train'
+    offset = 1_000_000 if test else 0
     for obj in tqdm(range(n_objects), desc=f'shapes3d {split}', leave=False):
         scene = out / f'{obj:05d}'
         (scene / 'rgb').mkdir(parents=True, exist_ok=True)
         (scene / 'pose').mkdir(exist_ok=True)
-        poses = hemisphere_poses(n_views, seed=[seed, offset + obj] if split == 'train' else None)
+        poses = hemisphere_poses(n_views, seed=None if test else [seed, obj])
         for v, pose in enumerate(poses):
             Image.fromarray(render_shapes3d(seed, offset + obj, pose, focal, resolution)).save(scene / 'rgb' / f'{v:06d}.png')
             np.savetxt(scene / 'pose' / f'{v:06d}.txt', srn_to_opengl(pose).numpy().reshape(1, 16))  # back to OpenCV

@@ -62,8 +62,8 @@ class ImageINR(nn.Module):
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 3))
 
     # --- observations -> tokens for the hyper-network -------------------------------------------
-    def tokenize(self, images):
-        """(B, 3, H, W) -> (B, (H/p)*(W/p), 3*p*p) non-overlapping patches, row-major."""
+    def tokenize(self, images, query=None):
+        """(B, 3, H, W) -> (B, (H/p)*(W/p), 3*p*p) non-overlapping patches, row-major (query: unused)."""
         B, C, H, W = images.shape
         if (H, W) != (self.resolution, self.resolution):
             raise ValueError(f"the hyper-network takes {self.resolution}x{self.resolution} observations, got "

@@ -32,13 +32,16 @@ class HyperConfig:
 INRCT_models = {
     # Paper size for CelebA-HQ 64^2 / CIFAR-10 32^2: D=768, FF 3072, N=8, M=6, 256 x 512 tokens, ANR 5 x 512.
     'paper': dict(dim=768, ff_dim=3072, heads=12, enc_depth=8, dec_depth=6, inr_tokens=256,
-                  inr_token_dim=512, inr_width=512, inr_depth=5, inr_heads=8),
+                  inr_token_dim=512, inr_width=512, inr_depth=5, inr_heads=8, nerf_depth=6, nerf_width=256,
+                  nerf_groups=32),
     # A small model that trains on 2 CPU cores in minutes (the offline default).
     'tiny': dict(dim=128, ff_dim=512, heads=4, enc_depth=3, dec_depth=2, inr_tokens=64,
-                 inr_token_dim=64, inr_width=64, inr_depth=5, inr_heads=2),
+                 inr_token_dim=64, inr_width=64, inr_depth=5, inr_heads=2, nerf_depth=4, nerf_width=64,
+                 nerf_groups=8),
     # Something in between, for quick GPU experiments.
     'small': dict(dim=384, ff_dim=1536, heads=6, enc_depth=6, dec_depth=4, inr_tokens=128,
-                  inr_token_dim=256, inr_width=256, inr_depth=5, inr_heads=4),
+                  inr_token_dim=256, inr_width=256, inr_depth=5, inr_heads=4, nerf_depth=6, nerf_width=128,
+                  nerf_groups=16),
 }
 
 
@@ -225,35 +228,55 @@ class INRCT(nn.Module):
         super().__init__()
         self.hyper, self.inr = hyper, inr
 
-    def encode(self, support, c_noise):
-        """beta = G(support, t) (Eq. 6); support already scaled by c_in(t)."""
-        return self.hyper(self.inr.tokenize(support), c_noise)
+    def encode(self, support, c_noise, query=None):
+        """beta = G(support, t) (Eq. 6); support already scaled by c_in(t); query carries NeRF support rays."""
+        return self.hyper(self.inr.tokenize(support, query), c_noise)
 
     def forward(self, support, c_noise, query, chunk=None):
-        return self.inr.render(self.encode(support, c_noise), query, chunk)
+        return self.inr.render(self.encode(support, c_noise, query), query, chunk)
 
 
-def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0):
-    """The image INRCT model for a named preset at a training resolution."""
+def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
+                near=0.8, far=1.8, n_samples=64):
+    """The INRCT model for a named preset at a training resolution; modality 'image' (ANR) or 'nerf'."""
     if preset not in INRCT_models:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(INRCT_models)}")
     if resolution % patch:
         raise ValueError(f"resolution {resolution} is not a multiple of patch {patch}")
-    from inr import ImageINR
     p = INRCT_models[preset]
+    if modality == 'image':
+        from inr import ImageINR
+        assert p['inr_token_dim'] == p['inr_width'], "ANR attends with INR tokens as keys: token dim = INR width"
+        inr = ImageINR(width=p['inr_width'], depth=p['inr_depth'], heads=p['inr_heads'], tokens=p['inr_tokens'],
+                       pe_sigma=pe_sigma, resolution=resolution, patch=patch)
+        token_dim, tokens = 3 * patch * patch, p['inr_tokens']
+    else:
+        from nerf import NeRFINR
+        inr = NeRFINR(depth=p['nerf_depth'], width=p['nerf_width'], token_dim=p['inr_token_dim'],
+                      groups=p['nerf_groups'], resolution=resolution, patch=patch, near=near, far=far,
+                      n_samples=n_samples)
+        token_dim, tokens = 9 * patch * patch, inr.num_tokens
     hyper = HyperNetwork(HyperConfig(
-        token_dim=3 * patch * patch, grid=resolution // patch, dim=p['dim'], ff_dim=p['ff_dim'],
-        heads=p['heads'], enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=p['inr_tokens'],
-        inr_token_dim=p['inr_token_dim'], dropout=dropout))
-    inr = ImageINR(width=p['inr_width'], depth=p['inr_depth'], heads=p['inr_heads'], tokens=p['inr_tokens'],
-                   pe_sigma=pe_sigma, resolution=resolution, patch=patch)
-    assert p['inr_token_dim'] == p['inr_width'], "ANR attends with INR tokens as keys: token dim = INR width"
+        token_dim=token_dim, grid=resolution // patch, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
+        enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],
+        dropout=dropout))
     return INRCT(hyper, inr)
+
+
+NERF_DATASETS = ('shapes3d', 'srn_cars')
+
+
+def build_from_config(cfg):
+    """The model a train.py config describes (the one place that maps config keys to build_model)."""
+    nerf = cfg['dataset'] in NERF_DATASETS
+    return build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'], cfg.get('dropout', 0.0),
+                       'nerf' if nerf else 'image', cfg.get('near', 0.8), cfg.get('far', 1.8), cfg.get('n_samples', 64))
 
 
 if __name__ == '__main__':
     # python model.py: parameter count of every preset at its usual resolution
-    for name, res, patch in [('paper', 64, 4), ('paper', 32, 4), ('small', 64, 4), ('tiny', 32, 4)]:
-        m = build_model(name, res, patch)
-        print(f"{name:6s} {res:3d}^2 patch {patch}: {count_params(m) / 1e6:8.2f}M parameters "
+    for name, res, patch, mod in [('paper', 64, 4, 'image'), ('paper', 32, 4, 'image'), ('paper', 128, 8, 'nerf'),
+                                  ('small', 64, 4, 'image'), ('tiny', 32, 4, 'image'), ('tiny', 32, 4, 'nerf')]:
+        m = build_model(name, res, patch, modality=mod)
+        print(f"{name:6s} {mod:5s} {res:3d}^2 patch {patch}: {count_params(m) / 1e6:8.2f}M parameters "
               f"(hyper-network {count_params(m.hyper) / 1e6:.2f}M, INR {count_params(m.inr) / 1e6:.2f}M)")

@@ -51,20 +51,20 @@ def get_rays(pose, focal, cx, cy, H, W):
 
 
 # --- volume rendering ------------------------------------------------------------------------------------
-def volume_render(field, origins, dirs, near, far, n_samples, generator=None, white_bg=True):
+def volume_render(field, origins, dirs, near, far, n_samples, offsets=None, white_bg=True):
     """Render rays (..., 3) through field(points (..., S, 3)) -> (rgb logits (..., S, 3), density raw (..., S)).
 
-    Stratified samples: bin k of [near, far] is sampled at its centre (evaluation) or uniformly inside it
-    (training, when a generator is given); each sample stands for its bin's width. RGB = sigmoid, density =
+    Stratified samples: bin k of [near, far] is sampled at its centre (evaluation) or at offsets (..., S) in
+    [0, 1) inside it (training; drawn once per batch so the teacher pass sees the same points); each sample
+    stands for its bin's width. RGB = sigmoid, density =
     ReLU, then alpha-compositing over a white background. Returns (colour (..., 3), weights (..., S)).
     """
     width = (far - near) / n_samples
     bins = torch.arange(n_samples, device=origins.device, dtype=origins.dtype)
-    if generator is None:
+    if offsets is None:
         t = (near + (bins + 0.5) * width).expand(*origins.shape[:-1], n_samples)
     else:
-        u = torch.rand(*origins.shape[:-1], n_samples, generator=generator, device=origins.device)
-        t = near + (bins + u) * width                                                            # (..., S)
+        t = near + (bins + offsets) * width                                                      # (..., S)
     points = origins[..., None, :] + t[..., None] * dirs[..., None, :]                           # (..., S, 3)
     rgb_logits, density_raw = field(points)
     rgb, sigma = torch.sigmoid(rgb_logits), F.relu(density_raw)
@@ -131,9 +131,10 @@ class NeRFINR(nn.Module):
         return h[..., :3], h[..., 3]
 
     # --- observations -> tokens for the hyper-network ------------------------------------------------
-    def tokenize(self, rgb, origins, dirs):
-        """Support views rgb (B, V, 3, H, W) and their rays (B, V, H, W, 3) -> patches of [rgb, origin, dir]
-        (B, V*(H/p)*(W/p), 9 p^2), view after view, row-major inside a view."""
+    def tokenize(self, rgb, query):
+        """Support views rgb (B, V, 3, H, W) and their rays query['support_origins'/'support_dirs'] (B, V, H, W, 3)
+        -> patches of [rgb, origin, dir] (B, V*(H/p)*(W/p), 9 p^2), view after view, row-major inside a view."""
+        origins, dirs = query['support_origins'], query['support_dirs']
         B, V, _, H, W = rgb.shape
         if (H, W) != (self.resolution, self.resolution):
             raise ValueError(f"the hyper-network takes {self.resolution}x{self.resolution} views, got {H}x{W}")
@@ -142,7 +143,7 @@ class NeRFINR(nn.Module):
         x = x.reshape(B, V, 9, H // p, p, W // p, p).permute(0, 1, 3, 5, 2, 4, 6)
         return x.reshape(B, V * (H // p) * (W // p), 9 * p * p)
 
-    def render(self, beta, origins, dirs, generator=None, chunk=4096):
+    def render_rays(self, beta, origins, dirs, offsets=None, chunk=4096):
         """Volume-render beta along rays (B, R, 3) -> RGB (B, R, 3) in [0, 1], chunked over rays."""
         weights = self.weights(beta)
         B = beta.shape[0]
@@ -152,5 +153,46 @@ class NeRFINR(nn.Module):
             return rgb.reshape(*points.shape), density.reshape(points.shape[:-1])
 
         parts = [volume_render(field, origins[:, i:i + chunk], dirs[:, i:i + chunk], self.near, self.far,
-                               self.n_samples, generator)[0] for i in range(0, origins.shape[1], chunk)]
+                               self.n_samples, None if offsets is None else offsets[:, i:i + chunk])[0]
+                 for i in range(0, origins.shape[1], chunk)]
         return torch.cat(parts, dim=1)
+
+    def render(self, beta, query, chunk=None):
+        """M_beta seen along query['origins'/'dirs'] (B, R, 3) -> RGB (B, R, 3) in the data space [-1, 1]."""
+        return 2 * self.render_rays(beta, query['origins'], query['dirs'], query.get('offsets'), chunk or 4096) - 1
+
+
+def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device, support_view=None):
+    """One support view and `rays_per_object` random rays of another view per scene (SPEC section 7).
+
+    -> {'support': rgb (B, 1, 3, H, W), 'target': (B, R, 3), 'query': rays and stratification offsets}, all
+    in [-1, 1] data space; noise is added to rgb only, never to the ray geometry.
+    """
+    support, s_o, s_d, target, q_o, q_d = [], [], [], [], [], []
+    for s in scenes:
+        n = len(dataset.views[s])
+        pick = torch.randperm(n, generator=generator)[:2].tolist()
+        if support_view is not None:
+            pick[0] = support_view
+        images, poses, (f, cx, cy) = dataset.get(s, pick)
+        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1                      # (2, 3, H, W)
+        o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])              # (2, H, W, 3)
+        pix = torch.randint(0, x.shape[-2] * x.shape[-1], (rays_per_object,), generator=generator)
+        support.append(x[0])
+        s_o.append(o[0])
+        s_d.append(d[0])
+        target.append(x[1].permute(1, 2, 0).reshape(-1, 3)[pix])
+        q_o.append(o[1].reshape(-1, 3)[pix])
+        q_d.append(d[1].reshape(-1, 3)[pix])
+    st = lambda v: torch.stack(v).to(device)  # noqa: E731
+    query = {'support_origins': st(s_o)[:, None], 'support_dirs': st(s_d)[:, None], 'origins': st(q_o),
+             'dirs': st(q_d), 'offsets': torch.rand(len(scenes), rays_per_object, n_samples, generator=generator).to(device)}
+    return {'support': st(support)[:, None], 'target': st(target), 'query': query}
+
+
+def hemisphere_poses_for(dataset, n):
+    """An orbit of n OpenGL poses around the origin at the dataset's camera distance, and its focal length."""
+    from data import hemisphere_poses
+    _, poses, (focal, _, _) = dataset.get(0, [0])
+    radius = poses[0, :3, 3].norm().item()
+    return hemisphere_poses(n, radius=radius), focal

@@ -48,10 +48,11 @@ def t_full(t, n, device):
 
 
 @torch.no_grad()
-def encode(model, images, lcfg, t=None):
-    """beta = G(O, t_min) (Eq. 7): clean images (B, 3, R, R) in [-1, 1] -> INR tokens."""
+def encode(model, images, lcfg, t=None, query=None):
+    """beta = G(O, t_min) (Eq. 7): clean observations in [-1, 1] -> INR tokens (query: NeRF support rays)."""
     t = t_full(t or lcfg.t_min, len(images), images.device)
-    return model.encode(c_in(t, lcfg)[:, None, None, None] * images, c_noise(t))
+    scale = c_in(t, lcfg).reshape(-1, *([1] * (images.dim() - 1)))
+    return model.encode(scale * images, c_noise(t), query)
 
 
 @torch.no_grad()
@@ -104,11 +105,11 @@ def interleave(a, b):
 
 def load_model(path, weights='ema', device='cpu'):
     """Model (eval mode, chosen weights) and the training config stored in a checkpoint."""
-    from model import build_model
-    from train import load_checkpoint
+    from model import build_from_config
+    from train import defaults, load_checkpoint
     ckpt = load_checkpoint(path)
-    cfg = ckpt['config']
-    model = build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'])
+    cfg = {**defaults(), **ckpt['config']}
+    model = build_from_config(cfg)
     if weights == 'ema' and ckpt['step'] <= cfg['warmup_iters']:
         weights = 'model'  # the EMA starts when warm-up ends: before that it is the initial weights
     model.load_state_dict(ckpt[weights])
@@ -141,6 +142,110 @@ def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None):
     return out
 
 
+# --- NeRF: single-view encoding to novel views, and generation along an orbit ---------------------------
+def nerf_views(dataset, scene, views, device):
+    """Views of one scene -> images (V, 3, H, W) in [-1, 1] and their rays (V, H, W, 3)."""
+    from nerf import get_rays
+    images, poses, (f, cx, cy) = dataset.get(scene, views)
+    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])
+    return x.to(device), o.to(device), d.to(device)
+
+
+@torch.no_grad()
+def nerf_novel_views(model, dataset, scene, support_view, views, lcfg):
+    """Encode a scene from one view at t_min and render other views: (support, pred, gt), pred/gt (V, 3, H, W)."""
+    dev = next(model.parameters()).device
+    x, o, d = nerf_views(dataset, scene, [support_view] + list(views), dev)
+    V, (H, W) = len(views), x.shape[-2:]
+    query = {'support_origins': o[None, :1], 'support_dirs': d[None, :1],
+             'origins': o[1:].reshape(1, -1, 3), 'dirs': d[1:].reshape(1, -1, 3)}
+    beta = encode(model, x[None, :1], lcfg, query=query)
+    pred = model.inr.render(beta, query).reshape(V, H, W, 3).permute(0, 3, 1, 2)
+    return x[0], pred, x[1:]
+
+
+@torch.no_grad()
+def generate_nerf(model, seeds, lcfg, support_rays, orbit_poses, focal, resolution):
+    """1 step: beta = G(c_in(T) T z, T) with noise on a canonical support view; render c_out(T) M_beta along
+    an orbit -> (N, P, 3, R, R) in [-1, 1]."""
+    from nerf import get_rays
+    dev = next(model.parameters()).device
+    R = model.inr.resolution
+    x_T = T_MAX * per_image_noise(seeds, (1, 3, R, R), dev)
+    o_s, d_s = support_rays
+    n = len(seeds)
+    o, d = get_rays(torch.stack(orbit_poses).to(dev), focal, resolution / 2, resolution / 2, resolution, resolution)
+    query = {'support_origins': o_s.expand(n, 1, R, R, 3), 'support_dirs': d_s.expand(n, 1, R, R, 3),
+             'origins': o.reshape(1, -1, 3).expand(n, -1, -1), 'dirs': d.reshape(1, -1, 3).expand(n, -1, -1)}
+    t = t_full(T_MAX, n, dev)
+    beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x_T, c_noise(t), query)
+    out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)
+    return out.reshape(n, len(orbit_poses), resolution, resolution, 3).permute(0, 1, 4, 2, 3)
+
+
+@torch.no_grad()
+def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
+    """During NeRF training: PSNR of views 1-4 encoded from view 0 on test scenes, and PNG grids.
+
+    The running demo imported this module at start, so edits here apply to the next run only."""
+    was_training = model.training
+    model.eval()
+    rows, scores = [], []
+    views = list(range(1, min(5, len(test_set.views[0]))))
+    for s in range(min(n_scenes, len(test_set))):
+        sup, pred, gt = nerf_novel_views(model, test_set, s, 0, views, lcfg)
+        scores.append(psnr(pred, gt).mean().item())
+        rows.append(torch.cat([sup[None], pred, gt]))  # support | predicted views | true views
+    save_grid(to_uint8(torch.cat(rows)), os.path.join(out_dir, 'nerf_views.png'), nrow=1 + 2 * len(views))
+    _, o, d = nerf_views(test_set, 0, [0], next(model.parameters()).device)
+    from nerf import hemisphere_poses_for
+    poses, focal = hemisphere_poses_for(test_set, 8)
+    gen = generate_nerf(model, list(range(8)), lcfg, (o, d), poses, focal, model.inr.resolution)
+    save_grid(to_uint8(gen.flatten(0, 1)), os.path.join(out_dir, 'nerf_samples_1step.png'), nrow=8)
+    model.train(was_training)
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=None):
+    """SRN protocol: encode each test scene from one view, PSNR over all its other views, mean over scenes."""
+    from data import load_dataset
+    test = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
+                        cfg['cache_dir'])
+    n = min(limit or len(test), len(test))
+    scores, rows = [], []
+    for s in tqdm(range(n), desc='encoding scenes', leave=False):
+        views = [v for v in range(len(test.views[s])) if v != support_view]
+        sup, pred, gt = nerf_novel_views(model, test, s, support_view, views, lcfg)
+        scores.append(psnr(pred, gt).mean().item())
+        if len(rows) < 8:
+            rows.append(torch.cat([sup[None], pred[:8], gt[:8]]))
+    if out_png:
+        save_grid(to_uint8(torch.cat(rows)), out_png, nrow=rows[0].shape[0])
+    return {'n_scenes': n, 'resolution': cfg['resolution'], 'support_view': support_view,
+            'psnr': float(np.mean(scores))}
+
+
+def write_orbit(model, cfg, lcfg, n, seed, out, frames=24):
+    """Generated NeRF objects along an orbit: a PNG strip (object per row) and an animated GIF."""
+    from data import load_dataset
+    from nerf import hemisphere_poses_for
+    dev = next(model.parameters()).device
+    test = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
+                        cfg['cache_dir'])
+    _, o, d = nerf_views(test, 0, [0], dev)
+    poses, focal = hemisphere_poses_for(test, frames)
+    seeds = [seed * 1_000_003 + j for j in range(n)]
+    gen = to_uint8(generate_nerf(model, seeds, lcfg, (o, d), poses, focal, model.inr.resolution).flatten(0, 1))
+    save_grid(gen, out, nrow=frames)
+    frames_u8 = gen.reshape(n, frames, *gen.shape[1:]).transpose(0, 1)
+    gif = out.rsplit('.', 1)[0] + '.gif'
+    tiles = [Image.fromarray(np.concatenate(list(f.cpu().numpy()), axis=1)) for f in frames_u8]
+    tiles[0].save(gif, save_all=True, append_images=tiles[1:], duration=80, loop=0)
+    print(f"wrote {out} and {gif} ({n} generated objects x {frames} views, 1 step)")
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--ckpt', required=True)
@@ -156,6 +261,7 @@ def main(argv):
     p.add_argument('--encode', action='store_true', help='encode the test split and report PSNR')
     p.add_argument('--limit', type=int, default=0, help='--encode: at most this many test images (0 = all)')
     p.add_argument('--json', default='', help='--encode: write the metrics here')
+    p.add_argument('--support_view', type=int, default=0, help='NeRF --encode: the one view each object is encoded from')
     a = p.parse_args(argv)
     if a.resolution < 0 or a.n < 1:
         p.error('--resolution must be >= 0 and --n >= 1')
@@ -164,6 +270,18 @@ def main(argv):
     from train import loss_config
     model, cfg, step = load_model(a.ckpt, a.weights, dev)
     lcfg = loss_config(cfg)
+    from model import NERF_DATASETS
+    if cfg['dataset'] in NERF_DATASETS:
+        if a.encode:
+            out = evaluate_nerf_encoding(model, cfg, lcfg, a.support_view, a.limit, a.out.replace('.png', '_encode.png'))
+            out.update(ckpt=a.ckpt, step=step)
+            print(json.dumps(out, indent=1))
+            if a.json:
+                with open(a.json, 'w') as f:
+                    json.dump(out, f, indent=1)
+        else:
+            write_orbit(model, cfg, lcfg, min(a.n, 16), a.seed, a.out)
+        return
     if a.encode:
         out = evaluate_encoding(model, cfg, lcfg, limit=a.limit, out_png=a.out.replace('.png', '_encode.png'))
         out.update(ckpt=a.ckpt, step=step)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
 # defaults (each can be overridden by configs/<dataset>.py, then by --key=value or --key value)
-dataset = 'shapes'        # shapes | cifar10 | celeba | folder
+dataset = 'shapes'        # images: shapes | cifar10 | celeba | folder; NeRF: shapes3d | srn_cars
 data_dir = ''
 cache_dir = ''            # where celeba's .npy cache goes ('' = ~/.cache/inrct)
 resolution = 32
@@ -33,6 +33,10 @@ preset = 'tiny'           # model size, see model.INRCT_models
 patch = 4
 pe_sigma = 32.0           # highest positional-encoding frequency of the image INR
 dropout = 0.0
+near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8 / 1.8)
+far = 1.8
+n_samples = 64
+rays_per_object = 512     # NeRF: query rays per object per step, from one view other than the support view
 batch_size = 32           # global batch, over all processes and accumulation steps
 micro_batch = 0           # per-process forward size (0 = the whole per-process batch)
 lr = 1e-4
@@ -176,7 +180,8 @@ def main(argv):
     from data import load_dataset
     from inr import make_grid, jitter_grid, to_float
     from losses import INRCTLoss
-    from model import build_model, count_params
+    from model import NERF_DATASETS, build_from_config, count_params
+    from nerf import nerf_batch
     import sample
 
     # --- processes and devices ---
@@ -201,7 +206,8 @@ def main(argv):
 
     # --- model, optimiser, EMA, data ---
     torch.manual_seed(cfg['seed'])
-    model = build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'], cfg['dropout']).to(dev)
+    nerf = cfg['dataset'] in NERF_DATASETS
+    model = build_from_config(cfg).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg['teacher_ema'] > 0 else None
     opt = torch.optim.RAdam(model.parameters(), lr=cfg['lr'])
@@ -237,7 +243,7 @@ def main(argv):
         net = torch.compile(net)
     loss_fn = INRCTLoss(loss_config(cfg))
     grid = make_grid(cfg['resolution'], cfg['resolution'], dev)
-    test_images = to_float(test_set.get(range(min(64, len(test_set))))).to(dev)
+    test_images = None if nerf else to_float(test_set.get(range(min(64, len(test_set))))).to(dev)
 
     def checkpoint():
         if master:
@@ -258,10 +264,14 @@ def main(argv):
             for m in range(accum):
                 slot = rank * accum + m
                 part = idx[slot * micro:(slot + 1) * micro]
-                x = to_float(train_set.get(part.tolist())).to(dev)
                 g = step_generator(cfg['seed'], step, slot, dev)
                 torch.manual_seed(cfg['seed'] * 1_000_003 + step * 4099 + slot)  # dropout masks
-                batch = {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), g)}
+                if nerf:
+                    batch = nerf_batch(train_set, part.tolist(), cfg['rays_per_object'], cfg['n_samples'],
+                                       step_generator(cfg['seed'], step, slot + 65536, 'cpu'), dev)
+                else:
+                    x = to_float(train_set.get(part.tolist())).to(dev)
+                    batch = {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), g)}
                 sync = m == accum - 1 or not ddp
                 with (net.no_sync() if ddp and not sync else nullcontext()), autocast:
                     # the teacher pass runs on the unwrapped model: no DDP hooks or collectives in it
@@ -301,7 +311,8 @@ def main(argv):
                     log_json(cfg['out_dir'], rec)
             if master and (step % cfg['sample_interval'] == 0 or step == cfg['max_iters']):
                 weights = model if step <= cfg['warmup_iters'] else ema
-                p = sample.write_progress(weights, test_images, loss_fn.cfg, cfg['out_dir'])
+                p = (sample.write_nerf_progress(weights, test_set, loss_fn.cfg, cfg['out_dir']) if nerf else
+                     sample.write_progress(weights, test_images, loss_fn.cfg, cfg['out_dir']))
                 bar.write(f"step {step} test PSNR {p:.2f} dB (grids in {cfg['out_dir']})")
                 log_json(cfg['out_dir'], {'step': step, 'test_psnr': p})
             if step % cfg['ckpt_interval'] == 0:

@@ -67,8 +67,8 @@ def test_constant_density_slab_transmittance_and_empty_space(sigma):
     """Black matter of density sigma filling [near, far]: the white background shows through exp(-sigma L)."""
     field = lambda p: (torch.full((*p.shape[:-1], 3), -1e4), torch.full(p.shape[:-1], sigma))  # noqa: E731
     o, d = torch.zeros(5, 3), F.normalize(torch.randn(5, 3), dim=-1)
-    for gen in (None, torch.Generator().manual_seed(0)):  # evaluation and jittered training samples
-        colour, weights = volume_render(field, o, d, 0.8, 1.8, 32, gen)
+    for offsets in (None, torch.rand(5, 32)):  # evaluation and jittered training samples
+        colour, weights = volume_render(field, o, d, 0.8, 1.8, 32, offsets)
         assert torch.allclose(colour, torch.full((5, 3), math.exp(-sigma * 1.0)), atol=1e-5)
     if sigma == 0:
         assert torch.equal(colour, torch.ones(5, 3)) and torch.all(weights == 0)
@@ -99,9 +99,9 @@ def test_gradients_reach_the_hypernetwork_from_rendered_pixels():
     pose = look_at((1.3, 0.0, 0.4))[None, None].expand(2, 1, 4, 4)
     o, d = get_rays(pose, 20.0, 8.0, 8.0, 16, 16)                  # (2, 1, 16, 16, 3)
     rgb = torch.rand(2, 1, 3, 16, 16)
-    beta = hyper(inr.tokenize(rgb, o, d), torch.zeros(2))
+    beta = hyper(inr.tokenize(rgb, {'support_origins': o, 'support_dirs': d}), torch.zeros(2))
     q_o, q_d = get_rays(look_at((0.0, 1.3, 0.4))[None].expand(2, 4, 4), 20.0, 8.0, 8.0, 4, 4)
-    pixels = inr.render(beta, q_o.reshape(2, -1, 3), q_d.reshape(2, -1, 3), torch.Generator().manual_seed(0))
+    pixels = inr.render_rays(beta, q_o.reshape(2, -1, 3), q_d.reshape(2, -1, 3), torch.rand(2, 16, 8))
     assert pixels.shape == (2, 16, 3) and pixels.min() >= 0 and pixels.max() <= 1 + 1e-6
     (pixels - 0.3).square().sum().backward()
     for name, p in list(hyper.named_parameters()) + list(inr.named_parameters()):
@@ -114,7 +114,7 @@ def test_chunked_render_equals_one_pass():
     beta = torch.randn(2, m.num_tokens, 16)
     o = torch.randn(2, 50, 3) * 0.1 + torch.tensor([0, 0, 1.3])
     d = F.normalize(-o + 0.05 * torch.randn(2, 50, 3), dim=-1)
-    assert torch.allclose(m.render(beta, o, d, chunk=7), m.render(beta, o, d), atol=1e-6)
+    assert torch.allclose(m.render_rays(beta, o, d, chunk=7), m.render_rays(beta, o, d), atol=1e-6)
 
 
 # --- SRN layout loader and the shapes3d generator ------------------------------------------------------------
@@ -122,7 +122,7 @@ from data import SRNDataset, write_shapes3d  # noqa: E402
 
 
 def test_shapes3d_is_written_in_srn_layout_and_loads(tmp_path):
-    root = write_shapes3d(tmp_path, 'train', n_objects=2, n_views=5, resolution=16)
+    root = write_shapes3d(tmp_path / 'train', n_objects=2, n_views=5, resolution=16)
     scene = root / '00000'
     assert sorted(p.name for p in scene.iterdir()) == ['intrinsics.txt', 'pose', 'rgb']
     assert len(list((scene / 'rgb').glob('*.png'))) == 5 and len(list((scene / 'pose').glob('*.txt'))) == 5
@@ -142,7 +142,7 @@ def test_shapes3d_is_written_in_srn_layout_and_loads(tmp_path):
 def test_srn_loader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='cars_train/<scene>'):
         SRNDataset(tmp_path / 'none', 16)
-    root = write_shapes3d(tmp_path, 'train', n_objects=1, n_views=2, resolution=16)
+    root = write_shapes3d(tmp_path / 'train', n_objects=1, n_views=2, resolution=16)
     with pytest.raises(ValueError, match='is 16x16, expected 32x32'):
         SRNDataset(root, 32).get(0, [0])
     (root / '00000' / 'pose' / '000001.txt').write_text(' '.join(['2'] * 16))
@@ -156,7 +156,7 @@ def test_srn_loader_errors(tmp_path):
 def test_tiny_hypernetwork_and_nerf_overfit_one_object(tmp_path):
     """From any one view of an object, predict its other views: novel-view PSNR passes 22 dB (about 10 s)."""
     torch.manual_seed(0)
-    ds = SRNDataset(write_shapes3d(tmp_path, 'train', 1, 8, 16), 16)
+    ds = SRNDataset(write_shapes3d(tmp_path / 'train', 1, 8, 16), 16)
     imgs, poses, (f, cx, cy) = ds.get(0, range(8))
     x = imgs.permute(0, 3, 1, 2).float() / 127.5 - 1                    # (V, 3, H, W) in [-1, 1]
     o, d = get_rays(poses, f, cx, cy, 16, 16)                             # (V, H, W, 3)
@@ -169,20 +169,76 @@ def test_tiny_hypernetwork_and_nerf_overfit_one_object(tmp_path):
     best = 0.0
     for step in range(400):
         s, q = torch.randint(0, 8, (4,), generator=g), torch.randint(0, 8, (4,), generator=g)
-        beta = hyper(inr.tokenize(x[s][:, None], o[s][:, None], d[s][:, None]), torch.full((4,), -1.45))
+        beta = hyper(inr.tokenize(x[s][:, None], {'support_origins': o[s][:, None], 'support_dirs': d[s][:, None]}),
+                     torch.full((4,), -1.45))
         pix = torch.randint(0, 256, (4, 128), generator=g)
-        pred = inr.render(beta, flat(o[q], pix), flat(d[q], pix), g) * 2 - 1
+        pred = inr.render_rays(beta, flat(o[q], pix), flat(d[q], pix), torch.rand(4, 128, 24, generator=g)) * 2 - 1
         loss = (pred - flat(x[q].permute(0, 2, 3, 1), pix)).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % 50 == 49:
             with torch.no_grad():  # support = view 0, evaluated on the other seven views, no jitter
-                beta = hyper(inr.tokenize(x[:1, None].expand(7, -1, -1, -1, -1), o[:1, None].expand(7, -1, -1, -1, -1),
-                                          d[:1, None].expand(7, -1, -1, -1, -1)), torch.full((7,), -1.45))
-                pred = inr.render(beta, o[1:].reshape(7, -1, 3), d[1:].reshape(7, -1, 3)) * 2 - 1
+                rays = {'support_origins': o[:1, None].expand(7, -1, -1, -1, -1),
+                        'support_dirs': d[:1, None].expand(7, -1, -1, -1, -1),
+                        'origins': o[1:].reshape(7, -1, 3), 'dirs': d[1:].reshape(7, -1, 3)}
+                beta = hyper(inr.tokenize(x[:1, None].expand(7, -1, -1, -1, -1), rays), torch.full((7,), -1.45))
+                pred = inr.render(beta, rays)
                 mse = ((pred - x[1:].permute(0, 2, 3, 1).reshape(7, -1, 3)) / 2).square().mean((1, 2))
                 best = max(best, (-10 * torch.log10(mse)).mean().item())
             if best > 22:
                 break
     assert best > 22, f"novel-view PSNR only reached {best:.2f} dB"
+
+
+# --- the NeRF path through train.py and sample.py ------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from nerf import nerf_batch  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_nerf_batch_layout(tmp_path):
+    ds = SRNDataset(write_shapes3d(tmp_path / 'train', 3, 4, 16), 16)
+    b = nerf_batch(ds, [0, 2], rays_per_object=10, n_samples=6, generator=torch.Generator().manual_seed(0),
+                   device='cpu')
+    assert b['support'].shape == (2, 1, 3, 16, 16) and b['target'].shape == (2, 10, 3)
+    q = b['query']
+    assert q['support_origins'].shape == (2, 1, 16, 16, 3) and q['origins'].shape == (2, 10, 3)
+    assert q['offsets'].shape == (2, 10, 6) and 0 <= q['offsets'].min() and q['offsets'].max() < 1
+    assert b['support'].min() >= -1 and b['support'].max() <= 1
+    # support and query are different views: their camera centres differ
+    assert (q['support_origins'][:, 0, 0, 0] - q['origins'][:, 0]).norm(dim=-1).min() > 1e-3
+
+
+def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
+    cache = tmp_path / 'cache' / 'shapes3d_16_s0'
+    write_shapes3d(cache / 'train', 3, 4, 16)
+    write_shapes3d(cache / 'test', 2, 4, 16, test=True)
+    out = tmp_path / 'run'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, 'train.py', '--dataset', 'shapes3d', '--cache_dir', str(tmp_path / 'cache'),
+                        '--resolution', '16', '--batch_size', '2', '--rays_per_object', '16', '--n_samples', '8',
+                        '--max_iters', '4', '--warmup_iters', '2', '--ect_d', '1', '--sample_interval', '4',
+                        '--max_minutes', '0', '--out_dir', str(out)], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / 'nerf_views.png').stat().st_size > 0 and (out / 'nerf_samples_1step.png').stat().st_size > 0
+    ckpt = str(out / 'ckpt.pt')
+    js = tmp_path / 'm.json'
+    r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--encode', '--json', str(js), '--out',
+                        str(tmp_path / 'e.png')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.load(open(js))
+    assert set(m) == {'n_scenes', 'resolution', 'support_view', 'psnr', 'ckpt', 'step'}
+    assert m['n_scenes'] == 2 and 3 < m['psnr'] < 60
+    r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--n', '2', '--out', str(tmp_path / 'o.png')],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from PIL import Image
+    with Image.open(tmp_path / 'o.gif') as gif:
+        assert gif.n_frames == 24 and gif.size == (2 * 16, 16)
