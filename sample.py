@@ -103,6 +103,13 @@ def interleave(a, b):
     return torch.stack([a, b], dim=1).flatten(0, 1)
 
 
+def test_split(cfg):
+    """The test split of the dataset a checkpoint was trained on."""
+    from data import load_dataset
+    return load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
+                        cfg['cache_dir'])
+
+
 def load_model(path, weights='ema', device='cpu'):
     """Model (eval mode, chosen weights) and the training config stored in a checkpoint."""
     from model import build_from_config
@@ -119,10 +126,9 @@ def load_model(path, weights='ema', device='cpu'):
 @torch.no_grad()
 def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None):
     """PSNR of encode -> render on the test split; for shapes also at 2x and 4x against the analytic images."""
-    from data import load_dataset
     dev = next(model.parameters()).device
     R = cfg['resolution']
-    test = load_dataset(cfg['dataset'], 'test', R, cfg['data_dir'], cfg['seed'], cfg['test_fraction'], cfg['cache_dir'])
+    test = test_split(cfg)
     n = min(limit or len(test), len(test))
     scales = (1, 2, 4) if cfg['dataset'] == 'shapes' else (1,)
     scores = {s: [] for s in scales}
@@ -186,9 +192,7 @@ def generate_nerf(model, seeds, lcfg, support_rays, orbit_poses, focal, resoluti
 
 @torch.no_grad()
 def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
-    """During NeRF training: PSNR of views 1-4 encoded from view 0 on test scenes, and PNG grids.
-
-    The running demo imported this module at start, so edits here apply to the next run only."""
+    """During NeRF training: PSNR of views 1-4 encoded from view 0 on test scenes, and PNG grids."""
     was_training = model.training
     model.eval()
     rows, scores = [], []
@@ -210,9 +214,7 @@ def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
 @torch.no_grad()
 def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=None):
     """SRN protocol: encode each test scene from one view, PSNR over all its other views, mean over scenes."""
-    from data import load_dataset
-    test = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
-                        cfg['cache_dir'])
+    test = test_split(cfg)
     n = min(limit or len(test), len(test))
     scores, rows = [], []
     for s in tqdm(range(n), desc='encoding scenes', leave=False):
@@ -229,11 +231,9 @@ def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=No
 
 def write_orbit(model, cfg, lcfg, n, seed, out, frames=24):
     """Generated NeRF objects along an orbit: a PNG strip (object per row) and an animated GIF."""
-    from data import load_dataset
     from nerf import hemisphere_poses_for
     dev = next(model.parameters()).device
-    test = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
-                        cfg['cache_dir'])
+    test = test_split(cfg)
     _, o, d = nerf_views(test, 0, [0], dev)
     poses, focal = hemisphere_poses_for(test, frames)
     seeds = [seed * 1_000_003 + j for j in range(n)]
