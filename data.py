@@ -8,6 +8,7 @@ SRNDataset / write_shapes3d: multi-view sets in SRN Cars' on-disk layout (real S
 """
 import hashlib
 import os
+import shutil
 import pickle
 from pathlib import Path
 
@@ -205,7 +206,10 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
             tmp = cache / f'{split}.tmp{os.getpid()}'
             n_objects, n_views = (200, 24) if split == 'train' else (16, 24)
             write_shapes3d(tmp, n_objects, n_views, resolution, seed, test=split == 'test')
-            os.replace(tmp, cache / split)  # atomic: an interrupted generation is redone, never half-used
+            try:  # atomic: an interrupted generation is redone, never half-used
+                os.replace(tmp, cache / split)
+            except OSError:  # another process (a DDP rank) finished the same deterministic set first
+                shutil.rmtree(tmp)
         return SRNDataset(cache / split, resolution)
     if name == 'srn_cars':
         return SRNDataset(Path(data_dir) / f'cars_{split}', resolution)

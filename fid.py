@@ -3,6 +3,10 @@
     python fid.py --ckpt out/ckpt.pt --n 50000 --steps 2 --inception pt_inception-2015-12-05-6726825d.pth
     python fid.py --ckpt out/ckpt.pt --n 2000 --features pixels          # offline sanity check, no weights
     python fid.py samples.npz reference.npz                              # two sample sets / cached stats
+    python fid.py --ckpt out3d/ckpt.pt --features pixels                 # NeRF: the mNIF protocol (below)
+
+NeRF checkpoints (mNIF protocol, SPEC section 7): one object generated per test scene, rendered at all of that
+scene's poses, against every view of every test scene (SRN Cars: 704 x 251 images on each side).
 
 InceptionV3 below has exactly the state-dict of the FID Inception weights file that pytorch-fid loads
 (pt_inception-2015-12-05-6726825d.pth: the TF 2015 Inception graph ported to PyTorch), so it loads it
@@ -217,16 +221,18 @@ class Features:
 
 
 def features_of(images, extractor, batch=200, desc='features'):
+    """uint8 NHWC images, or an iterable of such chunks (streamed: one NeRF scene at a time) -> features, logits."""
+    chunks = [images] if isinstance(images, np.ndarray) else images
     feats, logits = [], []
-    for i in tqdm(range(0, len(images), batch), desc=desc, leave=False):
-        f, lg = extractor(images[i:i + batch])
-        feats.append(f)
-        if lg is not None:
-            logits.append(lg)
+    for chunk in chunks:
+        for i in tqdm(range(0, len(chunk), batch), desc=desc, leave=False, disable=len(chunk) <= batch):
+            f, lg = extractor(chunk[i:i + batch])
+            feats.append(f)
+            if lg is not None:
+                logits.append(lg)
     return np.concatenate(feats), (np.concatenate(logits) if logits else None)
 
 
-# --- the metrics ---------------------------------------------------------------------------------------
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) (Heusel et al. 2017), as pytorch-fid computes it."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
@@ -301,20 +307,27 @@ def load_npz_images(path):
 
 
 def reference_stats(cfg, split, extractor, n_pr, cache_dir):
-    """mu, sigma and up to n_pr features of a dataset split, cached as npz (same preprocessing as training)."""
+    """mu, sigma and up to n_pr features of a dataset split, cached as npz (same preprocessing as training).
+
+    NeRF datasets (mNIF protocol): every view of every test scene, whatever `split` says."""
     from data import load_dataset
+    from model import NERF_DATASETS
+    nerf = cfg['dataset'] in NERF_DATASETS
+    split = 'test' if nerf else split
     name = f"ref_{cfg['dataset']}_{split}_{cfg['resolution']}_{extractor.kind}.npz"
     path = os.path.join(cache_dir, name)
     if os.path.isfile(path):
         d = np.load(path)
         return d['mu'], d['sigma'], d['features']
-    ds = load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
-                      cfg['cache_dir'])
-    n = len(ds) if cfg['dataset'] != 'shapes' else min(len(ds), 10000)
-    feats = []
-    for i in tqdm(range(0, n, 500), desc=f'reference {split}'):
-        feats.append(extractor(ds.get(range(i, min(i + 500, n))).numpy())[0])
-    feats = np.concatenate(feats)
+    if nerf:
+        import sample
+        feats, _ = features_of(sample.nerf_fid_reference(cfg), extractor)
+    else:
+        ds = load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'],
+                          cfg['test_fraction'], cfg['cache_dir'])
+        n = len(ds) if cfg['dataset'] != 'shapes' else min(len(ds), 10000)
+        chunks = (ds.get(range(i, min(i + 500, n))).numpy() for i in range(0, n, 500))
+        feats, _ = features_of(tqdm(chunks, total=-(-n // 500), desc=f'reference {split}'), extractor)
     mu, sigma = statistics(feats)
     os.makedirs(cache_dir, exist_ok=True)
     sub = feats[np.random.default_rng(0).permutation(len(feats))[:n_pr]]
@@ -324,27 +337,46 @@ def reference_stats(cfg, split, extractor, n_pr, cache_dir):
     return mu, sigma, sub
 
 
-def sample_checkpoint(ckpt, n, steps, seed, batch, device):
-    """n generated images (uint8 NHWC) with per-image seeds, and the images/s of the generator alone."""
+def sample_features(ckpt, n, steps, seed, batch, extractor, device):
+    """Features (and logits) of n generated images with per-image seeds, streamed batch by batch, and the
+    images/s of the generator alone (feature extraction not counted).
+
+    NeRF checkpoints follow the mNIF protocol instead: one generated object (1 step) per test scene, up to
+    n scenes, rendered at all of that scene's test poses (SRN Cars: 704 x 251 images)."""
     import sample
+    from model import NERF_DATASETS
     from train import loss_config
     model, cfg, _ = sample.load_model(ckpt, 'ema', device)
     lcfg = loss_config(cfg)
-    out, t0 = [], time.time()
-    for i in tqdm(range(0, n, batch), desc=f'{steps}-step samples'):
-        seeds = [seed * 1_000_003 + j for j in range(i, min(i + batch, n))]
-        img, _ = sample.generate(model, seeds, steps, lcfg)
-        out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    return np.concatenate(out), n / (time.time() - t0), cfg
+    if cfg['dataset'] in NERF_DATASETS:
+        if steps != 1:
+            raise ValueError("NeRF generation is 1-step only; drop --steps 2")
+        chunks = sample.nerf_fid_samples(model, cfg, lcfg, seed, limit=n)
+    else:
+        def generated():
+            for i in tqdm(range(0, n, batch), desc=f'{steps}-step samples'):
+                img, _ = sample.generate(model, [seed * 1_000_003 + j for j in range(i, min(i + batch, n))], steps, lcfg)
+                yield ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        chunks = generated()
+    feats, logits, seconds, count = [], [], 0.0, 0
+    while True:
+        t0 = time.time()
+        images = next(chunks, None)  # .cpu() above synchronises the device
+        seconds += time.time() - t0
+        if images is None:
+            break
+        f, lg = features_of(images, extractor)
+        feats.append(f)
+        logits.append(lg)
+        count += len(images)
+    logits = None if logits[0] is None else np.concatenate(logits)
+    return np.concatenate(feats), logits, count / seconds, cfg
 
 
-def evaluate(fake, real_mu, real_sigma, real_feats, extractor):
-    """FID (or pixel FD), IS when logits exist, precision/recall/F1 of fake images against reference stats."""
-    feats, logits = features_of(fake, extractor, desc='sample features')
+def evaluate(feats, logits, real_mu, real_sigma, real_feats, kind):
+    """FID (or pixel FD), IS when logits exist, precision/recall/F1 of generated features against a reference."""
     mu, sigma = statistics(feats)
-    out = {'fid' if extractor.kind == 'inception' else 'fd_pixels': frechet_distance(mu, sigma, real_mu, real_sigma)}
+    out = {'fid' if kind == 'inception' else 'fd_pixels': frechet_distance(mu, sigma, real_mu, real_sigma)}
     if logits is not None:
         out['is'], out['is_std'] = inception_score(logits)
     if real_feats is not None:
@@ -357,7 +389,7 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('npz', nargs='*', help='SAMPLES.npz REFERENCE.npz: sample sets (uint8 NHWC) or statistics')
     p.add_argument('--ckpt', default='')
-    p.add_argument('--n', type=int, default=50000)
+    p.add_argument('--n', type=int, default=50000, help='samples (NeRF: test scenes, each at all its poses)')
     p.add_argument('--steps', type=int, default=1, choices=(1, 2))
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--batch', type=int, default=500)
@@ -388,10 +420,13 @@ def main(argv):
             m = min(len(stats[0][2]), len(stats[1][2]))
             out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
     elif a.ckpt:
-        fake, rate, cfg = sample_checkpoint(a.ckpt, a.n, a.steps, a.seed, a.batch, dev)
-        mu, sigma, feats = reference_stats(cfg, a.ref, extractor, a.pr_n, a.cache_dir)
-        out = evaluate(fake, mu, sigma, feats[:a.pr_n], extractor)
-        out.update(n=a.n, nfe=a.steps, samples_per_s=rate, ref=a.ref, features=a.features, ckpt=a.ckpt)
+        feats, logits, rate, cfg = sample_features(a.ckpt, a.n, a.steps, a.seed, a.batch, extractor, dev)
+        mu, sigma, real = reference_stats(cfg, a.ref, extractor, a.pr_n, a.cache_dir)
+        out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
+        from model import NERF_DATASETS
+        nerf = cfg['dataset'] in NERF_DATASETS
+        out.update(n=len(feats), nfe=a.steps, samples_per_s=rate, ref='test, all views (mNIF)' if nerf else a.ref,
+                   features=a.features, ckpt=a.ckpt)
     else:
         p.error('give --ckpt or two .npz files')
     print(json.dumps(out, indent=1))

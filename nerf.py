@@ -94,9 +94,10 @@ class NeRFINR(nn.Module):
     """
 
     def __init__(self, depth=6, width=256, token_dim=256, groups=32, num_freqs=8, resolution=128, patch=8,
-                 near=0.8, far=1.8, n_samples=64):
+                 near=0.8, far=1.8, n_samples=64, density_scale=10.0):
         super().__init__()
         self.num_freqs, self.resolution, self.patch = num_freqs, resolution, patch
+        self.density_scale = density_scale
         self.near, self.far, self.n_samples = near, far, n_samples
         dims = [3 + 6 * num_freqs] + [width] * (depth - 1) + [4]
         self.shapes = list(zip(dims[:-1], dims[1:]))                   # (in, out) per layer
@@ -128,7 +129,7 @@ class NeRFINR(nn.Module):
             h = torch.cat([h, torch.ones_like(h[..., :1])], dim=-1) @ w
             if k < len(weights) - 1:
                 h = F.relu(h)
-        return h[..., :3], h[..., 3]
+        return h[..., :3], self.density_scale * h[..., 3]
 
     # --- observations -> tokens for the hyper-network ------------------------------------------------
     def tokenize(self, rgb, query):

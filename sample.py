@@ -3,6 +3,7 @@
     python sample.py --ckpt out/ckpt.pt                        # 64 one-step samples -> samples.png
     python sample.py --ckpt out/ckpt.pt --steps 2 --resolution 128 --npz samples.npz
     python sample.py --ckpt out/ckpt.pt --encode --json metrics.json
+    python sample.py --ckpt out3d/ckpt.pt --npz gen.npz    # NeRF: one generated object per test scene at its poses
 
 Generated INRs (SPEC section 6): 1 step, beta = G(c_in(T) T z, T) and the INR is c_out(T) M_beta (c_skip(T) x_T
 has std ~0.003 and has no continuous form); 2 steps, the grid image f(x, t_mid) mixes c_skip(t_mid) = 0.27
@@ -172,22 +173,49 @@ def nerf_novel_views(model, dataset, scene, support_view, views, lcfg):
 
 
 @torch.no_grad()
-def generate_nerf(model, seeds, lcfg, support_rays, orbit_poses, focal, resolution):
+def generate_nerf(model, seeds, lcfg, support_rays, rays):
     """1 step: beta = G(c_in(T) T z, T) with noise on a canonical support view; render c_out(T) M_beta along
-    an orbit -> (N, P, 3, R, R) in [-1, 1]."""
-    from nerf import get_rays
+    rays (origins, dirs), each (P, H, W, 3), the same cameras for every object -> (N, P, 3, H, W) in [-1, 1]."""
     dev = next(model.parameters()).device
     R = model.inr.resolution
     x_T = T_MAX * per_image_noise(seeds, (1, 3, R, R), dev)
-    o_s, d_s = support_rays
-    n = len(seeds)
-    o, d = get_rays(torch.stack(orbit_poses).to(dev), focal, resolution / 2, resolution / 2, resolution, resolution)
+    (o_s, d_s), (o, d) = support_rays, rays
+    n, (P, H, W) = len(seeds), o.shape[:3]
     query = {'support_origins': o_s.expand(n, 1, R, R, 3), 'support_dirs': d_s.expand(n, 1, R, R, 3),
              'origins': o.reshape(1, -1, 3).expand(n, -1, -1), 'dirs': d.reshape(1, -1, 3).expand(n, -1, -1)}
     t = t_full(T_MAX, n, dev)
     beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x_T, c_noise(t), query)
     out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)
-    return out.reshape(n, len(orbit_poses), resolution, resolution, 3).permute(0, 1, 4, 2, 3)
+    return out.reshape(n, P, H, W, 3).permute(0, 1, 4, 2, 3)
+
+
+def orbit_rays(dataset, frames, device):
+    """Rays of `frames` cameras on an upper-hemisphere orbit at the dataset's camera distance, (P, R, R, 3) x 2."""
+    from nerf import get_rays, hemisphere_poses_for
+    poses, focal = hemisphere_poses_for(dataset, frames)
+    R = dataset.resolution
+    return get_rays(torch.stack(poses).to(device), focal, R / 2, R / 2, R, R)
+
+
+def nerf_fid_samples(model, cfg, lcfg, seed=0, limit=0):
+    """The mNIF protocol: one generated object per test scene (seed*1_000_003 + scene), rendered at every
+    pose of that scene. Yields uint8 (views, H, W, 3) scene by scene (SRN Cars: 704 x 251 x 128^2 x 3
+    = 8.7 GB in all, so callers stream), in the order of nerf_fid_reference."""
+    dev = next(model.parameters()).device
+    test = test_split(cfg)
+    _, o_s, d_s = nerf_views(test, 0, [0], dev)  # the canonical support camera generation starts from
+    for s in tqdm(range(min(limit or len(test), len(test))), desc='generated objects at test poses'):
+        _, o, d = nerf_views(test, s, range(len(test.views[s])), dev)
+        with torch.no_grad():
+            gen = generate_nerf(model, [seed * 1_000_003 + s], lcfg, (o_s, d_s), (o, d))
+        yield to_uint8(gen[0]).cpu().numpy()
+
+
+def nerf_fid_reference(cfg, limit=0):
+    """Every view of every test scene, uint8 (views, H, W, 3) scene by scene: the real side of the mNIF protocol."""
+    test = test_split(cfg)
+    for s in tqdm(range(min(limit or len(test), len(test))), desc='test views'):
+        yield test.get(s, range(len(test.views[s])))[0].numpy()
 
 
 @torch.no_grad()
@@ -202,10 +230,9 @@ def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
         scores.append(psnr(pred, gt).mean().item())
         rows.append(torch.cat([sup[None], pred, gt]))  # support | predicted views | true views
     save_grid(to_uint8(torch.cat(rows)), os.path.join(out_dir, 'nerf_views.png'), nrow=1 + 2 * len(views))
-    _, o, d = nerf_views(test_set, 0, [0], next(model.parameters()).device)
-    from nerf import hemisphere_poses_for
-    poses, focal = hemisphere_poses_for(test_set, 8)
-    gen = generate_nerf(model, list(range(8)), lcfg, (o, d), poses, focal, model.inr.resolution)
+    dev = next(model.parameters()).device
+    _, o, d = nerf_views(test_set, 0, [0], dev)
+    gen = generate_nerf(model, list(range(8)), lcfg, (o, d), orbit_rays(test_set, 8, dev))
     save_grid(to_uint8(gen.flatten(0, 1)), os.path.join(out_dir, 'nerf_samples_1step.png'), nrow=8)
     model.train(was_training)
     return float(np.mean(scores))
@@ -231,13 +258,11 @@ def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=No
 
 def write_orbit(model, cfg, lcfg, n, seed, out, frames=24):
     """Generated NeRF objects along an orbit: a PNG strip (object per row) and an animated GIF."""
-    from nerf import hemisphere_poses_for
     dev = next(model.parameters()).device
     test = test_split(cfg)
     _, o, d = nerf_views(test, 0, [0], dev)
-    poses, focal = hemisphere_poses_for(test, frames)
     seeds = [seed * 1_000_003 + j for j in range(n)]
-    gen = to_uint8(generate_nerf(model, seeds, lcfg, (o, d), poses, focal, model.inr.resolution).flatten(0, 1))
+    gen = to_uint8(generate_nerf(model, seeds, lcfg, (o, d), orbit_rays(test, frames, dev)).flatten(0, 1))
     save_grid(gen, out, nrow=frames)
     frames_u8 = gen.reshape(n, frames, *gen.shape[1:]).transpose(0, 1)
     gif = out.rsplit('.', 1)[0] + '.gif'
@@ -259,7 +284,8 @@ def main(argv):
     p.add_argument('--weights', default='ema', choices=('ema', 'model'))
     p.add_argument('--device', default='auto')
     p.add_argument('--encode', action='store_true', help='encode the test split and report PSNR')
-    p.add_argument('--limit', type=int, default=0, help='--encode: at most this many test images (0 = all)')
+    p.add_argument('--limit', type=int, default=0,
+                   help='--encode (and NeRF --npz): at most this many test images/scenes (0 = all)')
     p.add_argument('--json', default='', help='--encode: write the metrics here')
     p.add_argument('--support_view', type=int, default=0, help='NeRF --encode: the one view each object is encoded from')
     a = p.parse_args(argv)
@@ -279,6 +305,10 @@ def main(argv):
             if a.json:
                 with open(a.json, 'w') as f:
                     json.dump(out, f, indent=1)
+        elif a.npz:  # FID data of the mNIF protocol; fid.py --ckpt runs the same protocol itself
+            images = np.concatenate(list(nerf_fid_samples(model, cfg, lcfg, a.seed, a.limit)))
+            np.savez(a.npz, samples=images)
+            print(f"wrote {a.npz}: samples {images.shape} uint8 (one generated object per test scene at its poses)")
         else:
             write_orbit(model, cfg, lcfg, min(a.n, 16), a.seed, a.out)
         return

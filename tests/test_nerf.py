@@ -153,6 +153,21 @@ def test_srn_loader_errors(tmp_path):
         SRNDataset(root, 16)
 
 
+def test_shapes3d_cache_written_by_two_processes_at_once(tmp_path, monkeypatch):
+    """DDP ranks generate the same deterministic set side by side: the one that finishes second uses the
+    first one's copy instead of failing on the rename, and leaves no temporary folder behind."""
+    import data
+    real = data.write_shapes3d
+
+    def racing(out, n_objects, n_views, resolution, seed, test=False):
+        real(out.parent / 'test', 1, 2, resolution, seed, test)  # the other rank got there first
+        return real(out, 1, 2, resolution, seed, test)
+
+    monkeypatch.setattr(data, 'write_shapes3d', racing)
+    ds = data.load_dataset('shapes3d', 'test', 16, cache_dir=str(tmp_path))
+    assert len(ds) == 1 and sorted(p.name for p in (tmp_path / 'shapes3d_16_s0').iterdir()) == ['test']
+
+
 def test_tiny_hypernetwork_and_nerf_overfit_one_object(tmp_path):
     """From any one view of an object, predict its other views: novel-view PSNR passes 22 dB (about 10 s)."""
     torch.manual_seed(0)
@@ -242,3 +257,29 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
     from PIL import Image
     with Image.open(tmp_path / 'o.gif') as gif:
         assert gif.n_frames == 24 and gif.size == (2 * 16, 16)
+
+    # mNIF FID protocol: one generated object per test scene at each of its 4 poses, against all 2 x 4 test views
+    r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--npz', str(tmp_path / 'gen.npz')],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    gen = np.load(tmp_path / 'gen.npz')['samples']
+    assert gen.shape == (2 * 4, 16, 16, 3) and gen.dtype == np.uint8
+    import fid
+    import sample
+    from train import loss_config
+    model, cfg, _ = sample.load_model(ckpt)
+    assert np.array_equal(np.concatenate(list(sample.nerf_fid_samples(model, cfg, loss_config(cfg)))), gen)  # per-scene seeds
+    assert not np.array_equal(gen[:4], gen[4:])  # a different object for each scene
+    real = np.concatenate(list(sample.nerf_fid_reference(cfg)))
+    test = SRNDataset(cache / 'test', 16)
+    assert np.array_equal(real[5], test.get(1, [1])[0][0].numpy())  # scene-major: scene 1, view 1
+    fake_path, real_path = tmp_path / 'gen.npz', tmp_path / 'real.npz'
+    np.savez(real_path, samples=real)
+    js = tmp_path / 'fid.json'
+    with pytest.warns(UserWarning):  # fewer than 2,048 samples
+        fid.main([str(fake_path), str(real_path), '--features', 'pixels', '--json', str(js)])
+    by_npz = json.load(open(js))['fd_pixels']
+    with pytest.warns(UserWarning):
+        fid.main(['--ckpt', ckpt, '--features', 'pixels', '--cache_dir', str(tmp_path / 'fidcache'), '--json', str(js)])
+    m = json.load(open(js))
+    assert m['n'] == 8 and m['fd_pixels'] == pytest.approx(by_npz, rel=1e-6) and m['fd_pixels'] > 0

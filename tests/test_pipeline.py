@@ -178,6 +178,26 @@ def test_sample_cli_writes_png_and_npz(trained_ckpt, tmp_path):
     assert os.path.getsize(png) > 0
 
 
+def test_fid_of_a_checkpoint_equals_fid_of_its_npz_samples(trained_ckpt, tmp_path):
+    """fid.py --ckpt streams generation and features batch by batch; the same seeds written by sample.py --npz
+    and compared as a sample set give the same pixel FD, and its reference statistics are cached."""
+    import fid
+    js, cache = str(tmp_path / 'f.json'), str(tmp_path / 'cache')
+    args = ['--n', '40', '--batch', '16', '--steps', '2', '--features', 'pixels', '--ref', 'test', '--json', js]
+    with pytest.warns(UserWarning):  # under 2,048 samples
+        fid.main(['--ckpt', trained_ckpt, '--cache_dir', cache, *args])
+    m = json.load(open(js))
+    assert m['n'] == 40 and m['nfe'] == 2 and m['samples_per_s'] > 0 and 0 <= m['precision'] <= 1
+    ref = os.path.join(cache, 'ref_shapes_test_32_pixels.npz')
+    npz = str(tmp_path / 's.npz')
+    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--n', '40', '--steps', '2', '--npz', npz,
+             '--out', str(tmp_path / 's.png')])
+    assert r.returncode == 0, r.stderr[-2000:]
+    with pytest.warns(UserWarning):
+        fid.main([npz, ref, '--features', 'pixels', '--json', js])
+    assert json.load(open(js))['fd_pixels'] == pytest.approx(m['fd_pixels'], rel=1e-6)
+
+
 def test_encode_reports_finite_psnr_with_documented_keys(trained_ckpt, tmp_path):
     js = str(tmp_path / 'm.json')
     r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--encode', '--limit', '8', '--json', js,
