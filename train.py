@@ -40,6 +40,7 @@ rays_per_object = 512     # NeRF: query rays per object per step, from one view 
 batch_size = 32           # global batch, over all processes and accumulation steps
 micro_batch = 0           # per-process forward size (0 = the whole per-process batch)
 lr = 1e-4
+lr_full = 0.0             # lr from the end of the warm-up on (0 = lr); the CPU default warms up faster than it trains
 grad_clip = 1.0           # global grad-norm clip (0 = off); tames RAdam's un-rectified first steps and
                           # keeps consistency training stable (without it the tiny run fell 26.6 -> 16.3 dB)
 max_iters = 1500
@@ -286,6 +287,9 @@ def main(argv):
                     torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
             if cfg['grad_clip'] > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
+            lr = cfg['lr'] if warm or not cfg['lr_full'] else cfg['lr_full']
+            for group in opt.param_groups:
+                group['lr'] = lr
             opt.step()
             opt.zero_grad(set_to_none=True)
             if not warm:  # no EMA during warm-up; the first full step copies the weights (decay 0)
@@ -299,7 +303,7 @@ def main(argv):
             if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
                 dt = time.time() - t_log
                 t_log = time.time()
-                rec = {'step': step, 'phase': 'warmup' if warm else 'full', 'lr': cfg['lr'],
+                rec = {'step': step, 'phase': 'warmup' if warm else 'full', 'lr': lr,
                        **{k: v / n_sums for k, v in sums.items()},
                        'img_per_s': n_sums * cfg['batch_size'] / dt, 'peak_mem_mb': peak_memory_mb(dev),
                        'minutes': (time.time() - t_start) / 60}

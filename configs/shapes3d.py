@@ -7,7 +7,10 @@ patch = 4
 batch_size = 8
 rays_per_object = 256
 n_samples = 32
+sigma_data = 1.0   # a NeRF renders in [-1, 1]: c_out(80) must be ~1, not 0.5, or generated objects
+                   # can only reach half the colour range (README, NeRF)
 lr = 1e-3
+lr_full = 1e-4     # the paper's lr after the warm-up, as configs/shapes.py
 max_iters = 3500
 warmup_iters = 2500
 ect_d = 125

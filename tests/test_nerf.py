@@ -1,14 +1,18 @@
 """nerf.py: camera conventions, ray directions, volume rendering, token-generated MLP weights, gradient flow."""
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from data import read_srn_intrinsics, read_srn_pose
+from data import SRNDataset, read_srn_intrinsics, read_srn_pose, write_shapes3d
 from model import HyperConfig, HyperNetwork
-from nerf import NeRFINR, check_pose, get_rays, look_at, srn_to_opengl, volume_render
+from nerf import NeRFINR, check_pose, get_rays, look_at, nerf_batch, srn_to_opengl, volume_render
 
 
 def passes_through_origin(o, d):
@@ -118,9 +122,6 @@ def test_chunked_render_equals_one_pass():
 
 
 # --- SRN layout loader and the shapes3d generator ------------------------------------------------------------
-from data import SRNDataset, write_shapes3d  # noqa: E402
-
-
 def test_shapes3d_is_written_in_srn_layout_and_loads(tmp_path):
     root = write_shapes3d(tmp_path / 'train', n_objects=2, n_views=5, resolution=16)
     scene = root / '00000'
@@ -207,13 +208,6 @@ def test_tiny_hypernetwork_and_nerf_overfit_one_object(tmp_path):
 
 
 # --- the NeRF path through train.py and sample.py ------------------------------------------------------------
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from nerf import nerf_batch  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -283,3 +277,18 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
         fid.main(['--ckpt', ckpt, '--features', 'pixels', '--cache_dir', str(tmp_path / 'fidcache'), '--json', str(js)])
     m = json.load(open(js))
     assert m['n'] == 8 and m['fd_pixels'] == pytest.approx(by_npz, rel=1e-6) and m['fd_pixels'] > 0
+
+
+@pytest.mark.parametrize('dataset', ['shapes3d', 'srn_cars'])
+def test_one_step_nerf_generation_can_reach_white_under_each_nerf_preset(dataset):
+    """A generated NeRF is c_out(T) M_beta and M_beta renders in [-1, 1]; an empty field (white background) must
+    come out white, which needs c_out(80) ~ 1: sigma_data = 1 in the NeRF presets (0.5 would give mid-grey)."""
+    import sample
+    import train
+    from model import build_from_config
+    cfg = train.parse_config(['--dataset', dataset, '--preset', 'tiny', '--resolution', '16', '--patch', '4'])
+    model = build_from_config(cfg).eval()
+    model.inr.density_scale = 0.0                                # nothing anywhere: every ray sees the background
+    o, d = get_rays(look_at((0.0, -1.3, 0.6)), 19.2, 8, 8, 16, 16)
+    gen = sample.generate_nerf(model, [0], train.loss_config(cfg), (o, d), (o[None], d[None]))
+    assert gen.shape == (1, 1, 3, 16, 16) and gen.min() > 0.999

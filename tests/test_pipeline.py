@@ -17,7 +17,8 @@ import train  # noqa: E402
 
 # a few fast steps that cross the warm-up and two ECT stages
 FAST = ['--batch_size', '4', '--max_iters', '6', '--warmup_iters', '2', '--ect_d', '2', '--log_interval', '1',
-        '--sample_interval', '1000', '--ckpt_interval', '1000', '--max_minutes', '0', '--ema_decay', '0.9']
+        '--sample_interval', '1000', '--ckpt_interval', '1000', '--max_minutes', '0', '--ema_decay', '0.9',
+        '--lr_full', '0']
 
 
 def run(args, env=None, **kw):
@@ -89,7 +90,7 @@ def initial_weights():
 # --- exact resume and atomic checkpoints ----------------------------------------------------------
 def test_killed_run_resumes_with_the_same_losses(tmp_path):
     ref, cut = str(tmp_path / 'ref'), str(tmp_path / 'cut')
-    args = [sys.executable, 'train.py', *FAST, '--max_iters', '12', '--ckpt_interval', '3']
+    args = [sys.executable, 'train.py', *FAST, '--max_iters', '12', '--ckpt_interval', '3', '--lr_full', '3e-4']
     r = run(args + ['--out_dir', ref])
     assert r.returncode == 0, r.stderr[-2000:]
     expected = {rec['step']: rec['loss'] for rec in read_log(ref) if 'loss' in rec}
@@ -111,6 +112,15 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
     assert [rec['step'] for rec in after] == list(range(resumed_from + 1, 13))
     for rec in after:
         assert rec['loss'] == pytest.approx(expected[rec['step']], rel=1e-5), rec['step']
+
+
+def test_lr_full_takes_over_when_the_warm_up_ends(tmp_path):
+    out = str(tmp_path / 'run')
+    r = run([sys.executable, 'train.py', *FAST, '--lr', '1e-3', '--lr_full', '1e-4', '--out_dir', out])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [rec['lr'] for rec in read_log(out) if 'loss' in rec] == [1e-3] * 2 + [1e-4] * 4  # warm-up: 2 steps
+    opt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['optimizer']
+    assert opt['param_groups'][0]['lr'] == 1e-4
 
 
 def test_checkpoint_killed_mid_write_never_replaces_the_good_one(tmp_path):
