@@ -8,8 +8,8 @@ SRNDataset / write_shapes3d: multi-view sets in SRN Cars' on-disk layout (real S
 """
 import hashlib
 import os
-import shutil
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np

@@ -233,6 +233,7 @@ def features_of(images, extractor, batch=200, desc='features'):
     return np.concatenate(feats), (np.concatenate(logits) if logits else None)
 
 
+# --- the metrics ---------------------------------------------------------------------------------------
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) (Heusel et al. 2017), as pytorch-fid computes it."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)

@@ -92,8 +92,9 @@ class NeRFINR(nn.Module):
     g_l INR tokens; each token is mapped to an (in+1)-vector that multiplies out/g_l of the base columns, and
     every column is then L2-normalised over its inputs. Tokens: `num_tokens` = sum of the groups.
     Unit-norm columns keep the density output O(1-10), too thin to make a surface opaque over a bin of width
-    (far - near) / n_samples, so it is multiplied by `density_scale` (10). Measured on shapes3d (tiny, 300
-    warm-up steps): the emptiest 10% of test rays go from opacity 0.64 (a fog over the whole view) to 0.00.
+    (far - near) / n_samples, so it is multiplied by `density_scale` (10). Measured on shapes3d (tiny): without
+    it the emptiest 10% of test rays still had opacity 0.64 after 3,500 steps (a fog over every view); with it
+    0.00 after 300.
     """
 
     def __init__(self, depth=6, width=256, token_dim=256, groups=32, num_freqs=8, resolution=128, patch=8,
