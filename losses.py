@@ -104,6 +104,16 @@ def distance(a, b, cfg):
     return sq.clamp(min=1e-20).sqrt()  # the clamp keeps the gradient finite at a perfect match
 
 
+def render_gradient_scale(t, step, cfg):
+    """How hard one sample pulls on the rendered INR: the norm of d(loss term)/d(render) summed over the terms,
+    w(t) (l1 c_out + l3 c_out [t < t_eps2] + l2 [t < t_eps1]) (each L2-norm distance has a unit gradient).
+    Exact where the terms pull one way (stage 0 without recon), an upper bound otherwise. Summed over
+    many draws of t it says which noise levels a short run actually trains (`python losses.py`)."""
+    l1, l2, l3 = loss_weights(step, cfg)
+    co = c_out(t, cfg)
+    return (l1 * co + l3 * co * diff_mask(t, cfg) + l2 * recon_mask(t, cfg)) / (t - r_of_t(t, step, cfg))
+
+
 # --- the INRCT loss (Eq. 13, 15, 16, 17; Algorithm 1) ---------------------------------------------------
 class INRCTLoss:
     """loss_fn(net, batch, step): batch = {'support', 'target', 'query'} with 'target' = clean O_q.
@@ -155,3 +165,15 @@ class INRCTLoss:
             'stage': ect_stage(step, cfg), 'warmup': int(step < cfg.warmup_iters),
         }
         return loss, parts
+
+
+if __name__ == '__main__':  # which noise levels get the gradient: python losses.py [P_mean l_recon stage]
+    import sys
+    p_mean, l_recon, stage = (float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (-1.1, 1.0, 4)
+    cfg = LossConfig(P_mean=p_mean, lambdas=(1.0, l_recon, 1.0), d=1)
+    t = sample_t(1_000_000, stage, cfg, torch.Generator().manual_seed(0)).double()
+    g = render_gradient_scale(t, stage, cfg)
+    print(f"P_mean {p_mean}, lambda_recon {l_recon}, stage {stage}: share of the pull on the render by t")
+    for lo, hi in ((0, cfg.t_eps1), (cfg.t_eps1, cfg.t_eps2), (cfg.t_eps2, 1), (1, 10), (10, 81)):
+        m = (t >= lo) & (t < hi)
+        print(f"  t in [{lo:g}, {hi:g}): {100 * m.double().mean():6.2f}% of samples, {100 * g[m].sum() / g.sum():8.4f}% of the pull")

@@ -104,10 +104,10 @@ def interleave(a, b):
     return torch.stack([a, b], dim=1).flatten(0, 1)
 
 
-def test_split(cfg):
-    """The test split of the dataset a checkpoint was trained on."""
+def test_split(cfg, split='test'):
+    """The test split (or `split`) of the dataset a checkpoint was trained on."""
     from data import load_dataset
-    return load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
+    return load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
                         cfg['cache_dir'])
 
 
@@ -125,11 +125,11 @@ def load_model(path, weights='ema', device='cpu'):
 
 
 @torch.no_grad()
-def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None):
+def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None, split='test'):
     """PSNR of encode -> render on the test split; for shapes also at 2x and 4x against the analytic images."""
     dev = next(model.parameters()).device
     R = cfg['resolution']
-    test = test_split(cfg)
+    test = test_split(cfg, split)
     n = min(limit or len(test), len(test))
     scales = (1, 2, 4) if cfg['dataset'] == 'shapes' else (1,)
     scores = {s: [] for s in scales}
@@ -143,7 +143,7 @@ def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None):
             scores[s].append(psnr(rec, ref).cpu())
             if out_png and i == 0 and s == 1:
                 save_grid(to_uint8(interleave(x[:32], rec[:32])), out_png, nrow=16)
-    out = {'n_images': n, 'resolution': R, 'psnr': torch.cat(scores[1]).mean().item()}
+    out = {'n_images': n, 'split': split, 'resolution': R, 'psnr': torch.cat(scores[1]).mean().item()}
     for s in scales[1:]:
         out[f'psnr_{s}x'] = torch.cat(scores[s]).mean().item()
     return out
@@ -239,9 +239,9 @@ def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
 
 
 @torch.no_grad()
-def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=None):
+def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=None, split='test'):
     """SRN protocol: encode each test scene from one view, PSNR over all its other views, mean over scenes."""
-    test = test_split(cfg)
+    test = test_split(cfg, split)
     n = min(limit or len(test), len(test))
     scores, rows = [], []
     for s in tqdm(range(n), desc='encoding scenes', leave=False):
@@ -252,7 +252,7 @@ def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=No
             rows.append(torch.cat([sup[None], pred[:8], gt[:8]]))
     if out_png:
         save_grid(to_uint8(torch.cat(rows)), out_png, nrow=rows[0].shape[0])
-    return {'n_scenes': n, 'resolution': cfg['resolution'], 'support_view': support_view,
+    return {'n_scenes': n, 'split': split, 'resolution': cfg['resolution'], 'support_view': support_view,
             'psnr': float(np.mean(scores))}
 
 
@@ -287,6 +287,8 @@ def main(argv):
     p.add_argument('--limit', type=int, default=0,
                    help='--encode (and NeRF --npz): at most this many test images/scenes (0 = all)')
     p.add_argument('--json', default='', help='--encode: write the metrics here')
+    p.add_argument('--split', default='test', choices=('test', 'train'),
+                   help='--encode: the split to encode (train: tells under-fitting from over-fitting; use --limit)')
     p.add_argument('--support_view', type=int, default=0, help='NeRF --encode: the one view each object is encoded from')
     a = p.parse_args(argv)
     if a.resolution < 0 or a.n < 1:
@@ -299,7 +301,8 @@ def main(argv):
     from model import NERF_DATASETS
     if cfg['dataset'] in NERF_DATASETS:
         if a.encode:
-            out = evaluate_nerf_encoding(model, cfg, lcfg, a.support_view, a.limit, a.out.replace('.png', '_encode.png'))
+            out = evaluate_nerf_encoding(model, cfg, lcfg, a.support_view, a.limit, a.out.replace('.png', '_encode.png'),
+                                         a.split)
             out.update(ckpt=a.ckpt, step=step)
             print(json.dumps(out, indent=1))
             if a.json:
@@ -313,7 +316,8 @@ def main(argv):
             write_orbit(model, cfg, lcfg, min(a.n, 16), a.seed, a.out)
         return
     if a.encode:
-        out = evaluate_encoding(model, cfg, lcfg, limit=a.limit, out_png=a.out.replace('.png', '_encode.png'))
+        out = evaluate_encoding(model, cfg, lcfg, limit=a.limit, out_png=a.out.replace('.png', '_encode.png'),
+                                split=a.split)
         out.update(ckpt=a.ckpt, step=step)
         print(json.dumps(out, indent=1))
         if a.json:

@@ -51,6 +51,8 @@ teacher_ema = 0.0         # 0: the teacher is the current weights (ECT); >0: an 
 sigma_data = 0.5
 shift_precond = True
 huber_c = 0.0
+p_mean = -1.1             # full-training t ~ LogNormal(P_mean, P_std) (ECT)
+p_std = 2.0
 lambda_gene = 1.0         # loss weights of full training (Eq. 17); warm-up uses (0, 1, 0)
 lambda_recon = 1.0
 lambda_diff = 1.0
@@ -131,6 +133,7 @@ def loss_config(cfg):
     cfg = {**defaults(), **cfg}  # checkpoints from before a key existed get its default
     return LossConfig(sigma_data=cfg['sigma_data'], d=cfg['ect_d'], warmup_iters=cfg['warmup_iters'],
                       shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'],
+                      P_mean=cfg['p_mean'], P_std=cfg['p_std'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, diff_mask, distance, ect_stage,
-                    loss_weights, r_of_t, recon_mask, sample_t)
+                    loss_weights, r_of_t, recon_mask, render_gradient_scale, sample_t)
 
 # SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
 PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
@@ -155,3 +155,22 @@ def test_loss_composes_the_three_terms_as_eq17(step):
     assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
     assert parts['stage'] == ect_stage(step, cfg) and parts['warmup'] == int(step < 10)
     assert parts['frac_recon'] == pytest.approx((t < cfg.t_eps1).double().mean().item())
+
+
+@pytest.mark.parametrize('step', [10, 35])  # stage 0 (every term pulls towards the clean target), stage 2
+def test_render_gradient_scale_matches_autograd(step):
+    """Per-sample norm of d loss / d render against render_gradient_scale: equal in stage 0 without recon
+    samples (the terms pull one way), never above it, and equal for a sample with gene only."""
+    cfg = LossConfig(warmup_iters=10, d=10, lambdas=(1.0, 3.0, 2.0))
+    x = torch.randn(64, 3, 4, 4, dtype=torch.float64)
+    raw = torch.zeros(64, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    net = lambda support, cn, query: raw + 0 * support  # noqa: E731  the render is a leaf: its grad is exact
+    loss, _ = INRCTLoss(cfg)(net, {'support': x, 'target': x, 'query': None}, step, torch.Generator().manual_seed(5))
+    (grad,) = torch.autograd.grad(loss, raw)
+    got = grad.flatten(1).norm(dim=1) * 64  # the loss is a batch mean
+    t = sample_t(64, step, cfg, torch.Generator().manual_seed(5)).double()
+    want = render_gradient_scale(t, step, cfg)
+    assert (got <= want * (1 + 1e-5)).all()  # t is float32 in the loss
+    exact = (t >= cfg.t_eps1) & ((t >= cfg.t_eps2) | (step < 20))
+    assert exact.sum() > 20
+    assert torch.allclose(got[exact], want[exact], rtol=1e-5)

@@ -243,8 +243,13 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
                         str(tmp_path / 'e.png')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.load(open(js))
-    assert set(m) == {'n_scenes', 'resolution', 'support_view', 'psnr', 'ckpt', 'step'}
-    assert m['n_scenes'] == 2 and 3 < m['psnr'] < 60
+    assert set(m) == {'n_scenes', 'split', 'resolution', 'support_view', 'psnr', 'ckpt', 'step'}
+    assert m['n_scenes'] == 2 and m['split'] == 'test' and 3 < m['psnr'] < 60
+    r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--encode', '--split', 'train', '--json', str(js),
+                        '--out', str(tmp_path / 'e.png')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m_train = json.load(open(js))  # the 3 training objects, another set than the 2 test objects
+    assert m_train['n_scenes'] == 3 and m_train['split'] == 'train' and m_train['psnr'] != m['psnr']
     r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--n', '2', '--out', str(tmp_path / 'o.png')],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

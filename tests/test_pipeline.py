@@ -51,6 +51,18 @@ def test_config_errors_name_the_problem():
         train.parse_config(['--lr'])
 
 
+def test_loss_keys_of_the_config_reach_the_loss():
+    cfg = train.parse_config(['--p_mean', '-0.4', '--p_std', '1.5', '--ect_d', '7', '--lambda_recon', '0.5',
+                              '--sigma_data', '1.0', '--warmup_iters', '3'])
+    lcfg = train.loss_config(cfg)
+    assert (lcfg.P_mean, lcfg.P_std, lcfg.d, lcfg.lambdas, lcfg.sigma_data, lcfg.warmup_iters) == \
+        (-0.4, 1.5, 7, (1.0, 0.5, 1.0), 1.0, 3)
+    from losses import sample_t  # and the full-training t really follows them: median exp(P_mean)
+    t = sample_t(20000, 3, lcfg, torch.Generator().manual_seed(0))
+    assert abs(t.median().log().item() - (-0.4)) < 0.05
+    assert abs(t.log().std().item() - 1.5) < 0.05
+
+
 def test_dry_run_prints_config_and_params():
     r = run([sys.executable, 'train.py', '--dry_run'])
     assert r.returncode == 0, r.stderr
@@ -214,8 +226,8 @@ def test_encode_reports_finite_psnr_with_documented_keys(trained_ckpt, tmp_path)
              '--out', str(tmp_path / 'e.png')])
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.load(open(js))
-    assert set(m) == {'n_images', 'resolution', 'psnr', 'psnr_2x', 'psnr_4x', 'ckpt', 'step'}
-    assert m['n_images'] == 8 and m['step'] == 6
+    assert set(m) == {'n_images', 'split', 'resolution', 'psnr', 'psnr_2x', 'psnr_4x', 'ckpt', 'step'}
+    assert m['n_images'] == 8 and m['split'] == 'test' and m['step'] == 6
     assert all(np.isfinite(m[k]) and 5 < m[k] < 60 for k in ('psnr', 'psnr_2x', 'psnr_4x'))
     assert os.path.getsize(str(tmp_path / 'e_encode.png')) > 0
 
