@@ -169,11 +169,13 @@ class INRCTLoss:
 
 if __name__ == '__main__':  # which noise levels get the gradient: python losses.py [P_mean l_recon stage]
     import sys
-    p_mean, l_recon, stage = (float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])) if len(sys.argv) > 3 else (-1.1, 1.0, 4)
+    args = sys.argv[1:] if len(sys.argv) > 3 else ['-1.1', '1', '4']
+    p_mean, l_recon, stage = float(args[0]), float(args[1]), int(args[2])
     cfg = LossConfig(P_mean=p_mean, lambdas=(1.0, l_recon, 1.0), d=1)
     t = sample_t(1_000_000, stage, cfg, torch.Generator().manual_seed(0)).double()
     g = render_gradient_scale(t, stage, cfg)
     print(f"P_mean {p_mean}, lambda_recon {l_recon}, stage {stage}: share of the pull on the render by t")
     for lo, hi in ((0, cfg.t_eps1), (cfg.t_eps1, cfg.t_eps2), (cfg.t_eps2, 1), (1, 10), (10, 81)):
         m = (t >= lo) & (t < hi)
-        print(f"  t in [{lo:g}, {hi:g}): {100 * m.double().mean():6.2f}% of samples, {100 * g[m].sum() / g.sum():8.4f}% of the pull")
+        print(f"  t in [{lo:g}, {hi:g}): {100 * m.double().mean():6.2f}% of samples, "
+              f"{100 * g[m].sum() / g.sum():8.4f}% of the pull")

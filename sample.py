@@ -104,8 +104,8 @@ def interleave(a, b):
     return torch.stack([a, b], dim=1).flatten(0, 1)
 
 
-def test_split(cfg, split='test'):
-    """The test split (or `split`) of the dataset a checkpoint was trained on."""
+def dataset_split(cfg, split='test'):
+    """The test (or train) split of the dataset a checkpoint was trained on."""
     from data import load_dataset
     return load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
                         cfg['cache_dir'])
@@ -126,10 +126,10 @@ def load_model(path, weights='ema', device='cpu'):
 
 @torch.no_grad()
 def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None, split='test'):
-    """PSNR of encode -> render on the test split; for shapes also at 2x and 4x against the analytic images."""
+    """PSNR of encode -> render on the test (or train) split; for shapes also at 2x and 4x vs the analytic images."""
     dev = next(model.parameters()).device
     R = cfg['resolution']
-    test = test_split(cfg, split)
+    test = dataset_split(cfg, split)
     n = min(limit or len(test), len(test))
     scales = (1, 2, 4) if cfg['dataset'] == 'shapes' else (1,)
     scores = {s: [] for s in scales}
@@ -202,7 +202,7 @@ def nerf_fid_samples(model, cfg, lcfg, seed=0, limit=0):
     pose of that scene. Yields uint8 (views, H, W, 3) scene by scene (SRN Cars: 704 x 251 x 128^2 x 3
     = 8.7 GB in all, so callers stream), in the order of nerf_fid_reference."""
     dev = next(model.parameters()).device
-    test = test_split(cfg)
+    test = dataset_split(cfg)
     _, o_s, d_s = nerf_views(test, 0, [0], dev)  # the canonical support camera generation starts from
     for s in tqdm(range(min(limit or len(test), len(test))), desc='generated objects at test poses'):
         _, o, d = nerf_views(test, s, range(len(test.views[s])), dev)
@@ -213,7 +213,7 @@ def nerf_fid_samples(model, cfg, lcfg, seed=0, limit=0):
 
 def nerf_fid_reference(cfg, limit=0):
     """Every view of every test scene, uint8 (views, H, W, 3) scene by scene: the real side of the mNIF protocol."""
-    test = test_split(cfg)
+    test = dataset_split(cfg)
     for s in tqdm(range(min(limit or len(test), len(test))), desc='test views'):
         yield test.get(s, range(len(test.views[s])))[0].numpy()
 
@@ -240,8 +240,8 @@ def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
 
 @torch.no_grad()
 def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=None, split='test'):
-    """SRN protocol: encode each test scene from one view, PSNR over all its other views, mean over scenes."""
-    test = test_split(cfg, split)
+    """SRN protocol: encode each test (or train) scene from one view; PSNR over its other views, mean over scenes."""
+    test = dataset_split(cfg, split)
     n = min(limit or len(test), len(test))
     scores, rows = [], []
     for s in tqdm(range(n), desc='encoding scenes', leave=False):
@@ -259,7 +259,7 @@ def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=No
 def write_orbit(model, cfg, lcfg, n, seed, out, frames=24):
     """Generated NeRF objects along an orbit: a PNG strip (object per row) and an animated GIF."""
     dev = next(model.parameters()).device
-    test = test_split(cfg)
+    test = dataset_split(cfg)
     _, o, d = nerf_views(test, 0, [0], dev)
     seeds = [seed * 1_000_003 + j for j in range(n)]
     gen = to_uint8(generate_nerf(model, seeds, lcfg, (o, d), orbit_rays(test, frames, dev)).flatten(0, 1))
