@@ -345,6 +345,7 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device):
     NeRF checkpoints follow the mNIF protocol instead: one generated object (1 step) per test scene, up to
     n scenes, rendered at all of that scene's test poses (SRN Cars: 704 x 251 images)."""
     import sample
+    from inr import to_uint8
     from model import NERF_DATASETS
     from train import loss_config
     model, cfg, _ = sample.load_model(ckpt, 'ema', device)
@@ -357,7 +358,7 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device):
         def generated():
             for i in tqdm(range(0, n, batch), desc=f'{steps}-step samples'):
                 img, _ = sample.generate(model, [seed * 1_000_003 + j for j in range(i, min(i + batch, n))], steps, lcfg)
-                yield ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                yield to_uint8(img).cpu().numpy()
         chunks = generated()
     feats, logits, seconds, count = [], [], 0.0, 0
     while True:

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from inr import to_float
+
 
 # --- cameras and rays ----------------------------------------------------------------------------------
 def srn_to_opengl(pose):
@@ -180,7 +182,7 @@ def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device, s
         if support_view is not None:
             pick[0] = support_view
         images, poses, (f, cx, cy) = dataset.get(s, pick)
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1                      # (2, 3, H, W)
+        x = to_float(images)                                                    # (2, 3, H, W)
         o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])              # (2, H, W, 3)
         pix = torch.randint(0, x.shape[-2] * x.shape[-1], (rays_per_object,), generator=generator)
         support.append(x[0])

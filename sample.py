@@ -154,7 +154,7 @@ def nerf_views(dataset, scene, views, device):
     """Views of one scene -> images (V, 3, H, W) in [-1, 1] and their rays (V, H, W, 3)."""
     from nerf import get_rays
     images, poses, (f, cx, cy) = dataset.get(scene, views)
-    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = to_float(images)
     o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])
     return x.to(device), o.to(device), d.to(device)
 
