@@ -240,20 +240,27 @@ def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
 
 @torch.no_grad()
 def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=None, split='test'):
-    """SRN protocol: encode each test (or train) scene from one view; PSNR over its other views, mean over scenes."""
+    """SRN protocol: encode each test (or train) scene from one view; PSNR over its other views, mean over scenes.
+
+    Also the PSNR of two answers that know nothing of 3D (the support view copied to every view; all white):
+    a novel-view figure means something only by how far it clears them."""
     test = dataset_split(cfg, split)
     n = min(limit or len(test), len(test))
-    scores, rows = [], []
+    scores, copy, white, rows = [], [], [], []
     for s in tqdm(range(n), desc='encoding scenes', leave=False):
         views = [v for v in range(len(test.views[s])) if v != support_view]
         sup, pred, gt = nerf_novel_views(model, test, s, support_view, views, lcfg)
         scores.append(psnr(pred, gt).mean().item())
+        # what a model scores without any 3D: the support view itself, or the empty white background
+        copy.append(psnr(sup.expand_as(gt), gt).mean().item())
+        white.append(psnr(torch.ones_like(gt), gt).mean().item())
         if len(rows) < 8:
             rows.append(torch.cat([sup[None], pred[:8], gt[:8]]))
     if out_png:
         save_grid(to_uint8(torch.cat(rows)), out_png, nrow=rows[0].shape[0])
     return {'n_scenes': n, 'split': split, 'resolution': cfg['resolution'], 'support_view': support_view,
-            'psnr': float(np.mean(scores))}
+            'psnr': float(np.mean(scores)), 'psnr_copy_support': float(np.mean(copy)),
+            'psnr_white': float(np.mean(white))}
 
 
 def write_orbit(model, cfg, lcfg, n, seed, out, frames=24):

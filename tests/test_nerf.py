@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import SRNDataset, read_srn_intrinsics, read_srn_pose, write_shapes3d
+from data import SRNDataset, read_srn_intrinsics, read_srn_pose, shapes3d_depth_ambiguity, write_shapes3d
 from model import HyperConfig, HyperNetwork
 from nerf import NeRFINR, check_pose, get_rays, look_at, nerf_batch, srn_to_opengl, volume_render
 
@@ -154,6 +154,14 @@ def test_srn_loader_errors(tmp_path):
         SRNDataset(root, 16)
 
 
+def test_shapes3d_depth_ambiguity_costs_more_the_further_the_object_moves():
+    """`python data.py`: moving objects along the support camera's axis hurts the other views more the further
+    they move, and hedging over the depths (truth included) beats one wrong guess."""
+    r = shapes3d_depth_ambiguity((0.02, 0.2), n_objects=2, n_views=4, resolution=16)
+    assert r[0.2][0] < r[0.02][0] - 3 and r[0.2][1] < r[0.02][1]
+    assert all(hedged > wrong for wrong, hedged in r.values())
+
+
 def test_shapes3d_cache_written_by_two_processes_at_once(tmp_path, monkeypatch):
     """DDP ranks generate the same deterministic set side by side: the one that finishes second uses the
     first one's copy instead of failing on the rename, and leaves no temporary folder behind."""
@@ -243,8 +251,16 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
                         str(tmp_path / 'e.png')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.load(open(js))
-    assert set(m) == {'n_scenes', 'split', 'resolution', 'support_view', 'psnr', 'ckpt', 'step'}
+    assert set(m) == {'n_scenes', 'split', 'resolution', 'support_view', 'psnr', 'psnr_copy_support', 'psnr_white',
+                      'ckpt', 'step'}
     assert m['n_scenes'] == 2 and m['split'] == 'test' and 3 < m['psnr'] < 60
+    # the two no-3D baselines, recomputed from the PNG files (support view 0, PSNR per view, mean per scene)
+    from PIL import Image
+    views = [np.stack([np.asarray(Image.open(f), np.float64) / 255 for f in sorted((cache / 'test' / s / 'rgb').iterdir())])
+             for s in ('00000', '00001')]
+    db = lambda a, b: -10 * np.log10(((a - b) ** 2).mean((1, 2, 3)))  # noqa: E731
+    assert m['psnr_copy_support'] == pytest.approx(np.mean([db(v[:1], v[1:]).mean() for v in views]), abs=1e-3)
+    assert m['psnr_white'] == pytest.approx(np.mean([db(np.ones_like(v[1:]), v[1:]).mean() for v in views]), abs=1e-3)
     r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--encode', '--split', 'train', '--json', str(js),
                         '--out', str(tmp_path / 'e.png')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -253,7 +269,6 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--n', '2', '--out', str(tmp_path / 'o.png')],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    from PIL import Image
     with Image.open(tmp_path / 'o.gif') as gif:
         assert gif.n_frames == 24 and gif.size == (2 * 16, 16)
 
