@@ -291,6 +291,9 @@ class SRNDataset:
 
 
 # --- shapes3d: the offline multi-view default, written in the SRN layout --------------------------------------
+SHAPES3D_FOCAL = 1.2              # focal length in image widths
+SHAPES3D_TEST_OFFSET = 1_000_000  # test objects are object numbers from here on: never drawn for training
+
 def _hit_sphere(o, d, c, r):
     oc = o - c
     b = (oc * d).sum(-1)
@@ -371,7 +374,7 @@ def hemisphere_poses(n, radius=1.3, seed=None):
     return [look_at(tuple(e)) for e in eyes]
 
 
-def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, fov_focal=1.2):
+def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, fov_focal=SHAPES3D_FOCAL):
     """Write the offline multi-view set in the SRN layout (OpenCV poses, 'f cx cy 0' intrinsics) under out/.
 
     Train objects get random upper-hemisphere views; test objects (other seeds) a fixed spiral of views."""
@@ -379,7 +382,7 @@ def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, f
     out = Path(out)
     focal = fov_focal * resolution
     split = 'test' if test else 'train'
-    offset = 1_000_000 if test else 0
+    offset = SHAPES3D_TEST_OFFSET if test else 0
     for obj in tqdm(range(n_objects), desc=f'shapes3d {split}', leave=False):
         scene = out / f'{obj:05d}'
         (scene / 'rgb').mkdir(parents=True, exist_ok=True)
@@ -398,20 +401,21 @@ def shapes3d_depth_ambiguity(shifts=(0.05, 0.1, 0.2), n_objects=16, n_views=24, 
     object sits `shift` further along the support camera's axis (one wrong guess), and when those views are
     averaged over 9 depths in [-shift, shift] (a model that knows the depth only to +-shift and hedges; with the
     truth in the middle, the best case) -> {shift: (wrong guess dB, hedged dB)}."""
-    poses, focal = hemisphere_poses(n_views), 1.2 * resolution   # the test cameras of write_shapes3d
+    from inr import psnr
+    poses, focal = hemisphere_poses(n_views), SHAPES3D_FOCAL * resolution   # the test cameras of write_shapes3d
     axis = -poses[0][:3, 2]                                      # OpenGL cameras look down their -z
 
     def view(obj, v, d):  # moving the object by d * axis = moving the camera by -d * axis
         pose = poses[v].clone()
         pose[:3, 3] -= d * axis
-        return render_shapes3d(seed, 1_000_000 + obj, pose, focal, resolution) / 255.0
+        return render_shapes3d(seed, SHAPES3D_TEST_OFFSET + obj, pose, focal, resolution) / 255.0
 
-    db = lambda a, b: -10 * np.log10(((a - b) ** 2).mean())  # noqa: E731
     out = {}
     for s in tqdm(shifts, desc='depth shifts', leave=False):
-        pairs = [(view(o, v, 0.0), view(o, v, s), np.mean([view(o, v, d) for d in np.linspace(-s, s, 9)], 0))
-                 for o in range(n_objects) for v in range(1, n_views, 2)]
-        out[s] = (np.mean([db(w, gt) for gt, w, _ in pairs]), np.mean([db(h, gt) for gt, _, h in pairs]))
+        triples = [(view(o, v, 0.0), view(o, v, s), np.mean([view(o, v, d) for d in np.linspace(-s, s, 9)], 0))
+                   for o in range(n_objects) for v in range(1, n_views, 2)]
+        gt, wrong, hedged = (torch.from_numpy(np.stack(x)) * 2 - 1 for x in zip(*triples))  # [-1, 1] for psnr
+        out[s] = (psnr(wrong, gt).mean().item(), psnr(hedged, gt).mean().item())
     return out
 
 
