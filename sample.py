@@ -292,7 +292,8 @@ def main(argv):
     p.add_argument('--device', default='auto')
     p.add_argument('--encode', action='store_true', help='encode the test split and report PSNR')
     p.add_argument('--limit', type=int, default=0,
-                   help='at most this many images/scenes: of --split for --encode, of the test split for NeRF --npz (0 = all)')
+                   help='at most this many images/scenes: of --split for --encode, of the test split for NeRF '
+                        '--npz (0 = all)')
     p.add_argument('--json', default='', help='--encode: write the metrics here')
     p.add_argument('--split', default='test', choices=('test', 'train'),
                    help='--encode: the split to encode (train: tells under-fitting from over-fitting; use --limit)')
