@@ -201,7 +201,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         cache = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')
         return ArrayDataset(load_folder(files, resolution, cache if name == 'celeba' else None, f'{name}_{split}'))
     if name == 'shapes3d':
-        cache = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')) / f'shapes3d_{resolution}_s{seed}'
+        cache = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')) / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
         if not (cache / split).is_dir():
             tmp = cache / f'{split}.tmp{os.getpid()}'
             n_objects, n_views = (200, 24) if split == 'train' else (16, 24)
@@ -293,6 +293,7 @@ class SRNDataset:
 # --- shapes3d: the offline multi-view default, written in the SRN layout --------------------------------------
 SHAPES3D_FOCAL = 1.2              # focal length in image widths
 SHAPES3D_TEST_OFFSET = 1_000_000  # test objects are object numbers from here on: never drawn for training
+SHAPES3D_VERSION = 'v2'           # part of the cache name: bump it whenever the generator changes (v2: centred)
 
 def _hit_sphere(o, d, c, r):
     oc = o - c
@@ -342,6 +343,9 @@ def render_shapes3d(seed, obj, pose, focal, resolution, ss=2):
         parts.append(dict(kind=['sphere', 'box', 'cylinder'][rng.integers(3)], centre=rng.uniform(-0.2, 0.2, 3),
                           size=rng.uniform(0.12, 0.25), colour=rng.uniform(0.1, 0.9, 3),
                           half=rng.uniform(0.08, 0.22, 3)))
+    mid = np.mean([p['centre'] for p in parts], 0)  # centred at the origin, as SRN's cars are: one view then
+    for p in parts:                                  # leaves no doubt where the object sits, only its shape
+        p['centre'] = p['centre'] - mid
     n = resolution * ss
     o, d = (x.numpy().astype(np.float64) for x in get_rays(pose, focal * ss, n / 2, n / 2, n, n))
     depth, img = np.full((n, n), np.inf), np.ones((n, n, 3))
@@ -397,10 +401,10 @@ def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, f
 
 
 def shapes3d_depth_ambiguity(shifts=(0.05, 0.1, 0.2), n_objects=16, n_views=24, resolution=32, seed=0):
-    """What depth a single view leaves open costs on shapes3d test objects: mean PSNR of views 1, 3, ... when the
-    object sits `shift` further along the support camera's axis (one wrong guess), and when those views are
-    averaged over 9 depths in [-shift, shift] (a model that knows the depth only to +-shift and hedges; with the
-    truth in the middle, the best case) -> {shift: (wrong guess dB, hedged dB)}."""
+    """Why shapes3d centres its objects: what a depth that one view cannot see would cost. Mean PSNR of views
+    1, 3, ... of the test objects when the object sits `shift` further along the support camera's axis (one wrong
+    guess), and when those views are averaged over 9 depths in [-shift, shift] (a model that knows the depth only
+    to +-shift and hedges; with the truth in the middle, the best case) -> {shift: (wrong guess dB, hedged dB)}."""
     from inr import psnr
     poses, focal = hemisphere_poses(n_views), SHAPES3D_FOCAL * resolution   # the test cameras of write_shapes3d
     axis = -poses[0][:3, 2]                                      # OpenGL cameras look down their -z
@@ -420,7 +424,8 @@ def shapes3d_depth_ambiguity(shifts=(0.05, 0.1, 0.2), n_objects=16, n_views=24, 
 
 
 if __name__ == '__main__':  # python data.py: the shapes3d figures behind the README's NeRF "known gaps"
-    print("shapes3d: a lone primitive's centre is uniform in [-0.2, 0.2]^3, so one view leaves its depth open")
+    print("shapes3d centres every object at the origin; were it anywhere in [-0.2, 0.2]^3 (as before v2), one view\n"
+          "could not tell how far away it is. What that would cost:")
     for s, (wrong, hedged) in shapes3d_depth_ambiguity().items():
         print(f"  object {s:.2f} further along the support camera's axis: novel views {wrong:.2f} dB; "
               f"averaged over +-{s:.2f} around the truth: {hedged:.2f} dB")
