@@ -201,7 +201,8 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         cache = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')
         return ArrayDataset(load_folder(files, resolution, cache if name == 'celeba' else None, f'{name}_{split}'))
     if name == 'shapes3d':
-        cache = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')) / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
+        cache = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct'))
+        cache = cache / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
         if not (cache / split).is_dir():
             tmp = cache / f'{split}.tmp{os.getpid()}'
             n_objects, n_views = (200, 24) if split == 'train' else (16, 24)
@@ -333,10 +334,8 @@ def _hit_cylinder(o, d, c, r, h):
     return np.minimum(ts, tc), np.where((ts <= tc)[..., None], side, cap)
 
 
-@np.errstate(invalid='ignore', divide='ignore')
-def render_shapes3d(seed, obj, pose, focal, resolution, ss=2):
-    """One shaded view (uint8 R x R x 3, white background) of object `obj`, supersampled ss x ss per pixel."""
-    from nerf import get_rays
+def shapes3d_parts(seed, obj):
+    """Object `obj`: 1-3 coloured spheres, boxes and vertical cylinders, their mean centre at the origin."""
     rng = np.random.default_rng([seed, obj])
     parts = []
     for _ in range(rng.integers(1, 4)):
@@ -346,6 +345,14 @@ def render_shapes3d(seed, obj, pose, focal, resolution, ss=2):
     mid = np.mean([p['centre'] for p in parts], 0)  # centred at the origin, as SRN's cars are: one view then
     for p in parts:                                  # leaves no doubt where the object sits, only its shape
         p['centre'] = p['centre'] - mid
+    return parts
+
+
+@np.errstate(invalid='ignore', divide='ignore')
+def render_shapes3d(seed, obj, pose, focal, resolution, ss=2):
+    """One shaded view (uint8 R x R x 3, white background) of object `obj`, supersampled ss x ss per pixel."""
+    from nerf import get_rays
+    parts = shapes3d_parts(seed, obj)
     n = resolution * ss
     o, d = (x.numpy().astype(np.float64) for x in get_rays(pose, focal * ss, n / 2, n / 2, n, n))
     depth, img = np.full((n, n), np.inf), np.ones((n, n, 3))

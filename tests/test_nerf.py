@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import (SHAPES3D_VERSION, SRNDataset, read_srn_intrinsics, read_srn_pose, shapes3d_depth_ambiguity,
-                  write_shapes3d)
+from data import (SHAPES3D_FOCAL, SHAPES3D_VERSION, SRNDataset, hemisphere_poses, read_srn_intrinsics, read_srn_pose,
+                  render_shapes3d, shapes3d_depth_ambiguity, shapes3d_parts, write_shapes3d)
 from model import HyperConfig, HyperNetwork
 from nerf import NeRFINR, check_pose, get_rays, look_at, nerf_batch, srn_to_opengl, volume_render
 
@@ -153,6 +153,17 @@ def test_srn_loader_errors(tmp_path):
     (root / '00000' / 'pose' / '000001.txt').unlink()
     with pytest.raises(FileNotFoundError, match='000001.txt is missing'):
         SRNDataset(root, 16)
+
+
+def test_shapes3d_objects_are_centred_so_a_lone_sphere_sits_in_the_middle_of_every_view():
+    """v2: each object's parts are moved so their mean centre is the origin, the point every camera looks at."""
+    lone = [o for o in range(200) if [p['kind'] for p in shapes3d_parts(0, o)] == ['sphere']][:2]
+    assert len(lone) == 2
+    for obj in lone:
+        for pose in hemisphere_poses(4, seed=obj):
+            img = render_shapes3d(0, obj, pose, SHAPES3D_FOCAL * 32, 32)
+            ys, xs = np.nonzero((img < 250).any(-1))
+            assert len(ys) > 20 and abs(ys.mean() - 15.5) < 0.3 and abs(xs.mean() - 15.5) < 0.3  # centre: 15.5 px
 
 
 def test_shapes3d_depth_ambiguity_costs_more_the_further_the_object_moves():
