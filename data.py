@@ -201,8 +201,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         cache = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')
         return ArrayDataset(load_folder(files, resolution, cache if name == 'celeba' else None, f'{name}_{split}'))
     if name == 'shapes3d':
-        cache = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct'))
-        cache = cache / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
+        cache = shapes3d_cache(cache_dir, resolution, seed)
         if not (cache / split).is_dir():
             tmp = cache / f'{split}.tmp{os.getpid()}'
             n_objects, n_views = (200, 24) if split == 'train' else (16, 24)
@@ -405,6 +404,12 @@ def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, f
         (scene / 'intrinsics.txt').write_text(f'{focal} {resolution / 2} {resolution / 2} 0.\n0. 0. 0.\n1.\n'
                                               f'{resolution} {resolution}\n')
     return out
+
+
+def shapes3d_cache(cache_dir, resolution, seed):
+    """The folder load_dataset writes shapes3d's train/ and test/ into ('' = ~/.cache/inrct), named by version."""
+    root = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct'))
+    return root / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
 
 
 def shapes3d_depth_ambiguity(shifts=(0.05, 0.1, 0.2), n_objects=16, n_views=24, resolution=32, seed=0):

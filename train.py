@@ -43,7 +43,7 @@ lr = 1e-4
 lr_full = 0.0             # lr from the end of the warm-up on (0 = lr); the CPU default warms up faster than it trains
 grad_clip = 1.0           # global grad-norm clip (0 = off); tames RAdam's un-rectified first steps and
                           # keeps consistency training stable (without it the tiny run fell 26.6 -> 16.3 dB)
-                          # and the NeRF's ReLU density alive (shapes3d --seed 0 --grad_clip 0: every density
+                          # and the NeRF's ReLU density alive (shapes3d v1, --seed 0 --grad_clip 0: every density
                           # negative, no gradient left, all-white views at 11.0 dB by step 400; 14.0 with it)
 max_iters = 1500
 warmup_iters = 800        # ETS reconstruction-only steps

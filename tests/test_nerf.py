@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import (SHAPES3D_FOCAL, SHAPES3D_VERSION, SRNDataset, hemisphere_poses, read_srn_intrinsics, read_srn_pose,
-                  render_shapes3d, shapes3d_depth_ambiguity, shapes3d_parts, write_shapes3d)
+from data import (SHAPES3D_FOCAL, SRNDataset, hemisphere_poses, read_srn_intrinsics, read_srn_pose,
+                  render_shapes3d, shapes3d_cache, shapes3d_depth_ambiguity, shapes3d_parts, write_shapes3d)
 from model import HyperConfig, HyperNetwork
 from nerf import NeRFINR, check_pose, get_rays, look_at, nerf_batch, srn_to_opengl, volume_render
 
@@ -186,7 +186,7 @@ def test_shapes3d_cache_written_by_two_processes_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, 'write_shapes3d', racing)
     ds = data.load_dataset('shapes3d', 'test', 16, cache_dir=str(tmp_path))
-    assert len(ds) == 1 and sorted(p.name for p in (tmp_path / f'shapes3d_{SHAPES3D_VERSION}_16_s0').iterdir()) == ['test']
+    assert len(ds) == 1 and sorted(p.name for p in shapes3d_cache(tmp_path, 16, 0).iterdir()) == ['test']
 
 
 def test_tiny_hypernetwork_and_nerf_overfit_one_object(tmp_path):
@@ -245,7 +245,7 @@ def test_nerf_batch_layout(tmp_path):
 
 
 def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
-    cache = tmp_path / 'cache' / f'shapes3d_{SHAPES3D_VERSION}_16_s0'
+    cache = shapes3d_cache(tmp_path / 'cache', 16, 0)
     write_shapes3d(cache / 'train', 3, 4, 16)
     write_shapes3d(cache / 'test', 2, 4, 16, test=True)
     out = tmp_path / 'run'
