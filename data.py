@@ -198,8 +198,8 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
                       f"{test_fraction:.0%} as test")
             n_train = len(files) - max(1, int(round(test_fraction * len(files))))
         files = files[:n_train] if split == 'train' else files[n_train:]
-        cache = cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct')
-        return ArrayDataset(load_folder(files, resolution, cache if name == 'celeba' else None, f'{name}_{split}'))
+        cache = cache_root(cache_dir) if name == 'celeba' else None
+        return ArrayDataset(load_folder(files, resolution, cache, f'{name}_{split}'))
     if name == 'shapes3d':
         cache = shapes3d_cache(cache_dir, resolution, seed)
         if not (cache / split).is_dir():
@@ -406,10 +406,14 @@ def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, f
     return out
 
 
+def cache_root(cache_dir=''):
+    """Where converted datasets are kept: --cache_dir, or ~/.cache/inrct when it is ''."""
+    return Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct'))
+
+
 def shapes3d_cache(cache_dir, resolution, seed):
-    """The folder load_dataset writes shapes3d's train/ and test/ into ('' = ~/.cache/inrct), named by version."""
-    root = Path(cache_dir or os.path.join(os.path.expanduser('~'), '.cache', 'inrct'))
-    return root / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
+    """The folder load_dataset writes shapes3d's train/ and test/ into, named by the generator's version."""
+    return cache_root(cache_dir) / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
 
 
 def shapes3d_depth_ambiguity(shifts=(0.05, 0.1, 0.2), n_objects=16, n_views=24, resolution=32, seed=0):
