@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU checks in one run (sized for about 7 minutes on one H200): the CUDA tests, bench.py's figures for
+# the paper preset (bf16 autocast; batch 32 and 128; eager, then torch.compile), a few hundred training
+# steps of the paper preset under torchrun (NCCL, bf16), and 1-step sampling of 1,000 images from that run.
+#
+#     bash gpu_check.sh                                   # figures and logs in gpu_check/ (or in $OUT)
+#     PRESET=tiny BATCHES=8 STEPS=6 N=16 DEVICE=cpu bash gpu_check.sh   # the same plumbing, small, on CPU
+#
+# Every figure is also in the JSON files it writes; gpu_check.log holds the whole output.
+set -euo pipefail
+cd "$(dirname "$0")"
+OUT=${OUT:-gpu_check}
+PRESET=${PRESET:-paper}
+BATCHES=${BATCHES:-32 128}   # bench.py batches; the training run uses the last
+STEPS=${STEPS:-300}          # training steps, the first third in the ETS warm-up
+N=${N:-1000}                 # 1-step samples
+DEVICE=${DEVICE:-cuda}
+RUN=$(mktemp -d)             # the training run's checkpoint stays out of $OUT (only a few files come back)
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+failed=0
+check() { "$@" || { echo "FAILED ($?): $*"; failed=1; }; }   # a failed check does not stop the later ones
+
+{
+    date
+    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
+    python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
+
+    echo "== CUDA tests (skipped without a GPU) and the fast-path tests"
+    check python -m pytest -q -rs tests/test_cuda.py tests/test_fast_paths.py
+
+    echo "== bench.py, $PRESET preset, 32^2"
+    for b in $BATCHES; do
+        check python bench.py --preset "$PRESET" --batch "$b" --device "$DEVICE" --json "$OUT/bench_b$b.json"
+    done
+
+    echo "== train.py, $PRESET preset on shapes 32^2, $STEPS steps at batch ${BATCHES##* }, torchrun"
+    gpus=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
+    check python -m torch.distributed.run --nproc_per_node="$gpus" train.py --dataset shapes --preset "$PRESET" \
+        --device "$DEVICE" --batch_size "${BATCHES##* }" --max_iters "$STEPS" --warmup_iters $((STEPS / 3)) \
+        --ect_d $((STEPS / 6 > 0 ? STEPS / 6 : 1)) --lr 1e-4 --lr_full 0 --lambda_recon 1 --ema_decay 0.999 \
+        --max_minutes 0 --log_interval $((STEPS / 6 > 0 ? STEPS / 6 : 1)) --sample_interval "$STEPS" \
+        --ckpt_interval "$STEPS" --out_dir "$RUN"
+    check cp "$RUN/log.jsonl" "$OUT/train_log.jsonl"
+
+    echo "== 1-step sampling of $N images (samples/s in the JSON)"
+    check python fid.py --ckpt "$RUN/ckpt.pt" --device "$DEVICE" --n "$N" --steps 1 --features pixels --ref test \
+        --json "$OUT/sample_1step.json"
+
+    echo "== bench.py with torch.compile (inductor)"
+    check python bench.py --preset "$PRESET" --batch "${BATCHES##* }" --device "$DEVICE" --compile \
+        --json "$OUT/bench_compile_b${BATCHES##* }.json"
+    date
+    rm -rf "$RUN"
+    if [ "$failed" = 1 ]; then echo "gpu_check: some checks FAILED (above)"; exit 1; fi
+    echo "gpu_check: all checks passed"
+} 2>&1 | tee "$OUT/gpu_check.log"
