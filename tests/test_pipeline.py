@@ -85,12 +85,17 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     r2 = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
               'train.py', *FAST, '--out_dir', two, '--device', 'cpu'])
     assert r2.returncode == 0, r2.stderr[-2000:]
-    a = torch.load(os.path.join(one, 'ckpt.pt'), weights_only=True)
-    b = torch.load(os.path.join(two, 'ckpt.pt'), weights_only=True)
-    assert a['step'] == b['step'] == 6
-    worst = max((a['model'][k] - b['model'][k]).abs().max().item() for k in a['model'])
+    a, worst = checkpoints_apart(one, two)
     moved = max((a['model'][k] - a0).abs().max().item() for k, a0 in initial_weights().items())
     assert worst < 1e-5 and moved > 1e-3, (worst, moved)
+
+
+def checkpoints_apart(one, two, steps=6):
+    """Both runs' checkpoints must be at `steps`; -> (the first, max |difference| over every parameter)."""
+    a = torch.load(os.path.join(one, 'ckpt.pt'), weights_only=True)
+    b = torch.load(os.path.join(two, 'ckpt.pt'), weights_only=True)
+    assert a['step'] == b['step'] == steps
+    return a, max((a['model'][k] - b['model'][k]).abs().max().item() for k in a['model'])
 
 
 def initial_weights():
