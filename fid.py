@@ -311,8 +311,9 @@ def reference_stats(cfg, split, extractor, n_pr, cache_dir):
     """mu, sigma and up to n_pr features of a dataset split, cached as npz (same preprocessing as training).
 
     NeRF datasets (mNIF protocol): every view of every test scene, whatever `split` says."""
-    from data import load_dataset
+    from data import cache_root, load_dataset
     from model import NERF_DATASETS
+    cache_dir = str(cache_root(cache_dir))
     nerf = cfg['dataset'] in NERF_DATASETS
     split = 'test' if nerf else split
     name = f"ref_{cfg['dataset']}_{split}_{cfg['resolution']}_{extractor.kind}.npz"
@@ -399,7 +400,7 @@ def main(argv):
     p.add_argument('--features', default='inception', choices=('inception', 'pixels'))
     p.add_argument('--inception', default='', help=f'path to {FID_WEIGHTS}')
     p.add_argument('--pr_n', type=int, default=10000, help='samples per side for precision/recall')
-    p.add_argument('--cache_dir', default=os.path.join(os.path.expanduser('~'), '.cache', 'inrct'))
+    p.add_argument('--cache_dir', default='', help="reference statistics' cache ('' = ~/.cache/inrct)")
     p.add_argument('--json', default='')
     p.add_argument('--device', default='auto')
     a = p.parse_args(argv)
