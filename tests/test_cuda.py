@@ -4,7 +4,6 @@ alone and under torchrun (NCCL) to the same weights. Skipped without a GPU (CI n
 `bash gpu_check.sh` runs them together with the GPU benchmarks."""
 import copy
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -13,8 +12,8 @@ import torch
 
 from model import build_model
 from test_fast_paths import batch_for
+from test_pipeline import FAST, checkpoints_apart, read_log, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV = 'cuda'
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
@@ -86,15 +85,9 @@ def test_inductor_on_cuda_equals_eager(modality, no_tf32):
         assert (g - rg).abs().max() <= 1e-3 * rg.abs().max() + 1e-8
 
 
-def run(args):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_train_on_cuda_alone_and_under_torchrun_nccl_agree_and_sample(tmp_path):
     """One process on CUDA (bf16 autocast) vs torchrun with NCCL (2 processes if 2 GPUs, else 1), same global
     batch: the same weights after 6 steps (tolerance 1e-4: bf16 forward, fp32 all-reduce), then sample.py."""
-    from test_pipeline import FAST, checkpoints_apart, read_log
     n = min(2, torch.cuda.device_count())
     one, ddp = str(tmp_path / 'one'), str(tmp_path / 'ddp')
     r = run([sys.executable, 'train.py', *FAST, '--micro_batch', str(4 // n), '--out_dir', one, '--device', 'cuda'])
