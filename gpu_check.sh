@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (sized for about 7 minutes on one H200): the CUDA tests, bench.py's figures for
+# The GPU checks in one run (sized for about 7 minutes on one H200, an estimate until it has run on one): the CUDA tests, bench.py's figures for
 # the paper preset (bf16 autocast; batch 32 and 128; eager, then torch.compile), a few hundred training
 # steps of the paper preset under torchrun (NCCL, bf16), and 1-step sampling of 1,000 images from that run.
 #
@@ -15,6 +15,8 @@ BATCHES=${BATCHES:-32 128}   # bench.py batches; the training run uses the last
 STEPS=${STEPS:-300}          # training steps, the first third in the ETS warm-up
 N=${N:-1000}                 # 1-step samples
 DEVICE=${DEVICE:-cuda}
+B=${BATCHES##* }             # the largest batch: the training run and the compiled bench use it
+EVERY=$((STEPS / 6 > 0 ? STEPS / 6 : 1))   # ECT stage length and log interval
 RUN=$(mktemp -d)             # the training run's checkpoint stays out of $OUT (only a few files come back)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -34,12 +36,12 @@ check() { "$@" || { echo "FAILED ($?): $*"; failed=1; }; }   # a failed check do
         check python bench.py --preset "$PRESET" --batch "$b" --device "$DEVICE" --json "$OUT/bench_b$b.json"
     done
 
-    echo "== train.py, $PRESET preset on shapes 32^2, $STEPS steps at batch ${BATCHES##* }, torchrun"
+    echo "== train.py, $PRESET preset on shapes 32^2, $STEPS steps at batch $B, torchrun"
     gpus=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
     check python -m torch.distributed.run --nproc_per_node="$gpus" train.py --dataset shapes --preset "$PRESET" \
-        --device "$DEVICE" --batch_size "${BATCHES##* }" --max_iters "$STEPS" --warmup_iters $((STEPS / 3)) \
-        --ect_d $((STEPS / 6 > 0 ? STEPS / 6 : 1)) --lr 1e-4 --lr_full 0 --lambda_recon 1 --ema_decay 0.999 \
-        --max_minutes 0 --log_interval $((STEPS / 6 > 0 ? STEPS / 6 : 1)) --sample_interval "$STEPS" \
+        --device "$DEVICE" --batch_size "$B" --max_iters "$STEPS" --warmup_iters $((STEPS / 3)) \
+        --ect_d "$EVERY" --lr 1e-4 --lr_full 0 --lambda_recon 1 --ema_decay 0.999 \
+        --max_minutes 0 --log_interval "$EVERY" --sample_interval "$STEPS" \
         --ckpt_interval "$STEPS" --out_dir "$RUN"
     check cp "$RUN/log.jsonl" "$OUT/train_log.jsonl"
 
@@ -48,8 +50,8 @@ check() { "$@" || { echo "FAILED ($?): $*"; failed=1; }; }   # a failed check do
         --json "$OUT/sample_1step.json"
 
     echo "== bench.py with torch.compile (inductor)"
-    check python bench.py --preset "$PRESET" --batch "${BATCHES##* }" --device "$DEVICE" --compile \
-        --json "$OUT/bench_compile_b${BATCHES##* }.json"
+    check python bench.py --preset "$PRESET" --batch "$B" --device "$DEVICE" --compile \
+        --json "$OUT/bench_compile_b$B.json"
     date
     rm -rf "$RUN"
     if [ "$failed" = 1 ]; then echo "gpu_check: some checks FAILED (above)"; exit 1; fi
