@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks in one run (sized for about 7 minutes on one H200, an estimate until it has run on one): the CUDA tests, bench.py's figures for
-# the paper preset (bf16 autocast; batch 32 and 128; eager, then torch.compile), a few hundred training
-# steps of the paper preset under torchrun (NCCL, bf16), and 1-step sampling of 1,000 images from that run.
+# The GPU checks in one run (about 7 minutes on one H200: an estimate until it has run on one): the CUDA
+# tests, bench.py's figures for the paper preset (bf16 autocast; batch 32 and 128; eager, then torch.compile),
+# a few hundred training steps of the paper preset under torchrun (NCCL, bf16), and 1-step sampling of 1,000
+# images from that run.
 #
 #     bash gpu_check.sh                                   # figures and logs in gpu_check/ (or in $OUT)
 #     PRESET=tiny BATCHES=8 STEPS=6 N=16 DEVICE=cpu bash gpu_check.sh   # the same plumbing, small, on CPU
