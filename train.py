@@ -52,6 +52,7 @@ ema_decay = 0.9999
 teacher_ema = 0.0         # 0: the teacher is the current weights (ECT); >0: an EMA teacher (Algorithm 1)
 sigma_data = 0.5
 shift_precond = True
+query_skip = True         # Eq. 12's c_skip O_q_t; False: f = the render alone (configs/shapes3d.py, README NeRF)
 huber_c = 0.0
 p_mean = -1.1             # full-training t ~ LogNormal(P_mean, P_std) (ECT)
 p_std = 2.0
@@ -134,7 +135,7 @@ def loss_config(cfg):
     from losses import LossConfig
     cfg = {**defaults(), **cfg}  # checkpoints from before a key existed get its default
     return LossConfig(sigma_data=cfg['sigma_data'], d=cfg['ect_d'], warmup_iters=cfg['warmup_iters'],
-                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'],
+                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'], query_skip=cfg['query_skip'],
                       P_mean=cfg['p_mean'], P_std=cfg['p_std'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 

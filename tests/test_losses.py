@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, diff_mask, distance, ect_stage,
-                    loss_weights, r_of_t, recon_mask, render_gradient_scale, sample_t)
+from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, consistency_fn, diff_mask, distance,
+                    ect_stage, loss_weights, r_of_t, recon_mask, render_gradient_scale, sample_t)
 
 # SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
 PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
@@ -174,3 +174,44 @@ def test_render_gradient_scale_matches_autograd(step):
     exact = (t >= cfg.t_eps1) & ((t >= cfg.t_eps2) | (ect_stage(step, cfg) == 0))
     assert exact.sum() > 20
     assert torch.allclose(got[exact], want[exact], rtol=1e-5)
+
+
+def test_query_skip_off_makes_f_the_render_alone():
+    """Eq. 12 passes the noisy query set through c_skip; with query_skip False (NeRF: the query view is one the
+    network never sees) f is the render, whatever the query noise."""
+    net = LinearNet()
+    support, t = torch.randn(4, 3, 4, 4, dtype=torch.float64), torch.tensor([0.01, 0.3, 2.0, 80.0], dtype=torch.float64)
+    q1, q2 = torch.randn(2, 4, 3, 4, 4, dtype=torch.float64)
+    paper, off = LossConfig(), LossConfig(query_skip=False)
+    with torch.no_grad():
+        f1, raw = consistency_fn(net, support, q1, t, None, paper)
+        f2, _ = consistency_fn(net, support, q2, t, None, paper)
+        g1, raw_off = consistency_fn(net, support, q1, t, None, off)
+        g2, _ = consistency_fn(net, support, q2, t, None, off)
+    assert torch.allclose(f1 - f2, c_skip(t, paper)[:, None, None, None] * (q1 - q2))
+    assert torch.equal(g1, raw_off) and torch.equal(g1, g2) and torch.equal(raw_off, raw)
+
+
+@pytest.mark.parametrize('step', [10, 35])  # stage 0 (r = 0: the clean target), stage 2
+def test_loss_without_query_skip_matches_eq17_with_f_the_render(step):
+    """Support and query are different tensors (a NeRF batch): noise z_s on the support, z_q on the query; with
+    query_skip False every term compares the render itself, so z_q drops out."""
+    cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5, query_skip=False, lambdas=(1.0, 2.0, 3.0))
+    net = LinearNet()
+    support, target = torch.randn(2, 16, 3, 4, 4, dtype=torch.float64)
+    loss, _ = INRCTLoss(cfg)(net, {'support': support, 'target': target, 'query': None}, step,
+                             torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    t = sample_t(16, step, cfg, g).double()
+    z = torch.randn(support.shape, generator=g).double()
+    r = r_of_t(t, step, cfg)
+    render = lambda s: net.a * c_in(s[:, None, None, None], cfg) * (support + s[:, None, None, None] * z) \
+        + net.b * c_noise(s[:, None, None, None])  # noqa: E731
+    with torch.no_grad():
+        f_t = render(t)
+        f_r = torch.where((r <= cfg.t_min)[:, None, None, None], target,
+                          render(torch.where(r <= cfg.t_min, torch.full_like(r, cfg.t_min), r)))
+        norm = lambda d: d.flatten(1).norm(dim=1)  # noqa: E731
+        expect = (1 / (t - r) * (norm(f_t - f_r) + 2 * norm(f_t - target) * (t < cfg.t_eps1)
+                                 + 3 * norm(f_t - target) * (t < cfg.t_eps2))).mean()
+    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
