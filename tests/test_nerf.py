@@ -313,8 +313,9 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
 
 @pytest.mark.parametrize('dataset', ['shapes3d', 'srn_cars'])
 def test_one_step_nerf_generation_can_reach_white_under_each_nerf_preset(dataset):
-    """A generated NeRF is c_out(T) M_beta and M_beta renders in [-1, 1]; an empty field (white background) must
-    come out white, which needs c_out(80) ~ 1: sigma_data = 1 in the NeRF presets (0.5 would give mid-grey)."""
+    """An empty field (white background) must generate white. Under Eq. 12 (srn_cars) a generated NeRF is
+    c_out(T) M_beta, M_beta renders in [-1, 1], so that needs c_out(80) ~ 1: sigma_data = 1 (0.5 gives mid-grey);
+    without the query skip (shapes3d) it is M_beta itself."""
     import sample
     import train
     from model import build_from_config
