@@ -135,8 +135,8 @@ def loss_config(cfg):
     from losses import LossConfig
     cfg = {**defaults(), **cfg}  # checkpoints from before a key existed get its default
     return LossConfig(sigma_data=cfg['sigma_data'], d=cfg['ect_d'], warmup_iters=cfg['warmup_iters'],
-                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'], query_skip=cfg['query_skip'],
-                      P_mean=cfg['p_mean'], P_std=cfg['p_std'],
+                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'],
+                      query_skip=cfg['query_skip'], P_mean=cfg['p_mean'], P_std=cfg['p_std'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 

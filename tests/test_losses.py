@@ -126,6 +126,19 @@ class LinearNet(torch.nn.Module):
         return self.a * support + self.b * cn[:, None, None, None]
 
 
+def eq17_by_hand(f, target, t, r, step, cfg):
+    """Eq. 17 recomputed from f(s) -> (f, raw render) at the loss's own draws t and r (boundary: r <= t_min)."""
+    with torch.no_grad():
+        f_t, raw_t = f(t)
+        boundary = r <= cfg.t_min
+        f_r = torch.where(boundary[:, None, None, None], target,
+                          f(torch.where(boundary, torch.full_like(r, cfg.t_min), r))[0])
+        norm = lambda d: d.flatten(1).norm(dim=1)  # noqa: E731
+        l1, l2, l3 = loss_weights(step, cfg)
+        return (1 / (t - r) * (l1 * norm(f_t - f_r) + l2 * norm(raw_t - target) * (t < cfg.t_eps1)
+                               + l3 * norm(f_t - target) * (t < cfg.t_eps2))).mean()
+
+
 @pytest.mark.parametrize('step', [0, 10, 35])  # warm-up, stage 0, stage 2
 def test_loss_composes_the_three_terms_as_eq17(step):
     cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5)
@@ -144,15 +157,7 @@ def test_loss_composes_the_three_terms_as_eq17(step):
         raw = net.a * c_in(s4, cfg) * (x + s4 * z) + net.b * c_noise(s4)
         return c_skip(s4, cfg) * (x + s4 * z) + c_out(s4, cfg) * raw, raw
 
-    with torch.no_grad():
-        f_t, raw_t = f(t)
-        f_r, _ = f(torch.where(r <= cfg.t_min, torch.full_like(r, cfg.t_min), r))
-        f_r = torch.where((r <= cfg.t_min)[:, None, None, None], x, f_r)
-        norm = lambda d: d.flatten(1).norm(dim=1)
-        l1, l2, l3 = loss_weights(step, cfg)
-        expect = (1 / (t - r) * (l1 * norm(f_t - f_r) + l2 * norm(raw_t - x) * (t < cfg.t_eps1)
-                                 + l3 * norm(f_t - x) * (t < cfg.t_eps2))).mean()
-    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(eq17_by_hand(f, x, t, r, step, cfg).item(), rel=1e-5)
     assert parts['stage'] == ect_stage(step, cfg) and parts['warmup'] == int(step < 10)
     assert parts['frac_recon'] == pytest.approx((t < cfg.t_eps1).double().mean().item())
 
@@ -180,7 +185,8 @@ def test_query_skip_off_makes_f_the_render_alone():
     """Eq. 12 passes the noisy query set through c_skip; with query_skip False (NeRF: the query view is one the
     network never sees) f is the render, whatever the query noise."""
     net = LinearNet()
-    support, t = torch.randn(4, 3, 4, 4, dtype=torch.float64), torch.tensor([0.01, 0.3, 2.0, 80.0], dtype=torch.float64)
+    support = torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0.01, 0.3, 2.0, 80.0], dtype=torch.float64)
     q1, q2 = torch.randn(2, 4, 3, 4, 4, dtype=torch.float64)
     paper, off = LossConfig(), LossConfig(query_skip=False)
     with torch.no_grad():
@@ -205,13 +211,9 @@ def test_loss_without_query_skip_matches_eq17_with_f_the_render(step):
     t = sample_t(16, step, cfg, g).double()
     z = torch.randn(support.shape, generator=g).double()
     r = r_of_t(t, step, cfg)
-    render = lambda s: net.a * c_in(s[:, None, None, None], cfg) * (support + s[:, None, None, None] * z) \
-        + net.b * c_noise(s[:, None, None, None])  # noqa: E731
-    with torch.no_grad():
-        f_t = render(t)
-        f_r = torch.where((r <= cfg.t_min)[:, None, None, None], target,
-                          render(torch.where(r <= cfg.t_min, torch.full_like(r, cfg.t_min), r)))
-        norm = lambda d: d.flatten(1).norm(dim=1)  # noqa: E731
-        expect = (1 / (t - r) * (norm(f_t - f_r) + 2 * norm(f_t - target) * (t < cfg.t_eps1)
-                                 + 3 * norm(f_t - target) * (t < cfg.t_eps2))).mean()
-    assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
+    def f(s):  # the render alone: z_q appears nowhere
+        s4 = s[:, None, None, None]
+        raw = net.a * c_in(s4, cfg) * (support + s4 * z) + net.b * c_noise(s4)
+        return raw, raw
+
+    assert loss.item() == pytest.approx(eq17_by_hand(f, target, t, r, step, cfg).item(), rel=1e-5)
