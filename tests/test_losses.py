@@ -126,6 +126,16 @@ class LinearNet(torch.nn.Module):
         return self.a * support + self.b * cn[:, None, None, None]
 
 
+def loss_and_draws(cfg, net, support, target, step, seed=3):
+    """The loss on one batch, and its draws recomputed in the same order: t, then the support noise z."""
+    out = INRCTLoss(cfg)(net, {'support': support, 'target': target, 'query': None}, step,
+                         torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    t = sample_t(len(support), step, cfg, g).double()
+    z = torch.randn(support.shape, generator=g).double()
+    return out, t, z, r_of_t(t, step, cfg)
+
+
 def eq17_by_hand(f, target, t, r, step, cfg):
     """Eq. 17 recomputed from f(s) -> (f, raw render) at the loss's own draws t and r (boundary: r <= t_min)."""
     with torch.no_grad():
@@ -144,13 +154,7 @@ def test_loss_composes_the_three_terms_as_eq17(step):
     cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5)
     net = LinearNet()
     x = torch.randn(16, 3, 4, 4, dtype=torch.float64)
-    loss, parts = INRCTLoss(cfg)(net, {'support': x, 'target': x, 'query': None}, step,
-                                 torch.Generator().manual_seed(3))
-    # recompute with the same draws in the same order (t, then z)
-    g = torch.Generator().manual_seed(3)
-    t = sample_t(16, step, cfg, g).double()
-    z = torch.randn(x.shape, generator=g).double()
-    r = r_of_t(t, step, cfg)
+    (loss, parts), t, z, r = loss_and_draws(cfg, net, x, x, step)
 
     def f(s):
         s4 = s[:, None, None, None]
@@ -205,12 +209,8 @@ def test_loss_without_query_skip_matches_eq17_with_f_the_render(step):
     cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5, query_skip=False, lambdas=(1.0, 2.0, 3.0))
     net = LinearNet()
     support, target = torch.randn(2, 16, 3, 4, 4, dtype=torch.float64)
-    loss, _ = INRCTLoss(cfg)(net, {'support': support, 'target': target, 'query': None}, step,
-                             torch.Generator().manual_seed(4))
-    g = torch.Generator().manual_seed(4)
-    t = sample_t(16, step, cfg, g).double()
-    z = torch.randn(support.shape, generator=g).double()
-    r = r_of_t(t, step, cfg)
+    (loss, _), t, z, r = loss_and_draws(cfg, net, support, target, step)
+
     def f(s):  # the render alone: z_q appears nowhere
         s4 = s[:, None, None, None]
         raw = net.a * c_in(s4, cfg) * (support + s4 * z) + net.b * c_noise(s4)
