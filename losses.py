@@ -27,16 +27,20 @@ class LossConfig:
     huber_c: float = 0.0        # 0: plain L2 norm; >0: pseudo-Huber sqrt(|x|^2 + c^2) - c
     teacher_ema: float = 0.0    # 0: teacher = stop-grad of current weights (ECT); >0 see train.py
     lambdas: tuple = (1.0, 1.0, 1.0)  # (l1, l2, l3) of full training (paper: robust to 0.1x-10x)
-    query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: f = the render alone (NeRF, see consistency_fn)
+    query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: c_skip 0, c_out 1 (NeRF, see consistency_fn)
 
 
 # --- preconditioning (SPEC section 2) ---------------------------------------------------------------
 def c_skip(t, cfg):
+    if not cfg.query_skip:  # f = the render alone (consistency_fn)
+        return 0 * t
     s = t - cfg.t_min if cfg.shift_precond else t
     return cfg.sigma_data ** 2 / (s ** 2 + cfg.sigma_data ** 2)
 
 
 def c_out(t, cfg):
+    if not cfg.query_skip:
+        return 0 * t + 1
     s = t - cfg.t_min if cfg.shift_precond else t
     return s * cfg.sigma_data / (t ** 2 + cfg.sigma_data ** 2) ** 0.5
 
@@ -57,14 +61,12 @@ def bcast(v, x):
 def consistency_fn(net, support_t, query_t, t, query, cfg):
     """f(O_s_t, O_q_t, t) = c_skip O_q_t + c_out render(M_G(c_in O_s_t, c_noise)) (Eq. 12); also the raw render.
 
-    With cfg.query_skip False, f = the render alone. For images O_q_t is the tensor the network reads, so the
-    skip term can be cancelled; for a NeRF it is another view the network never sees, and c_skip O_q_t puts
-    noise into f that nothing can predict. The boundary f(x, ~0) = O_q then rests on the loss (L_recon, L_diff,
-    the clean target where r = 0) instead of on the parameterisation (README, NeRF).
+    With cfg.query_skip False, c_skip = 0 and c_out = 1, so f = the render alone. For images O_q_t is the tensor
+    the network reads, so the skip term can be cancelled; for a NeRF it is another view the network never sees,
+    and c_skip O_q_t puts noise into f that nothing can predict. The boundary f(x, ~0) = O_q then rests on the
+    loss (L_recon, L_diff, the clean target where r = 0) instead of on the parameterisation (README, NeRF).
     """
     raw = net(bcast(c_in(t, cfg), support_t) * support_t, c_noise(t), query)
-    if not cfg.query_skip:
-        return raw, raw
     return bcast(c_skip(t, cfg), raw) * query_t + bcast(c_out(t, cfg), raw) * raw, raw
 
 

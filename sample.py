@@ -174,8 +174,8 @@ def nerf_novel_views(model, dataset, scene, support_view, views, lcfg):
 
 @torch.no_grad()
 def generate_nerf(model, seeds, lcfg, support_rays, rays):
-    """1 step: beta = G(c_in(T) T z, T) with noise on a canonical support view; render c_out(T) M_beta (M_beta
-    alone under query_skip False) along rays (origins, dirs), each (P, H, W, 3), the same cameras for every
+    """1 step: beta = G(c_in(T) T z, T) with noise on a canonical support view; render c_out(T) M_beta (c_out = 1
+    under query_skip False) along rays (origins, dirs), each (P, H, W, 3), the same cameras for every
     object -> (N, P, 3, H, W) in [-1, 1]."""
     dev = next(model.parameters()).device
     R = model.inr.resolution
@@ -186,8 +186,7 @@ def generate_nerf(model, seeds, lcfg, support_rays, rays):
              'origins': o.reshape(1, -1, 3).expand(n, -1, -1), 'dirs': d.reshape(1, -1, 3).expand(n, -1, -1)}
     t = t_full(T_MAX, n, dev)
     beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x_T, c_noise(t), query)
-    out = model.inr.render(beta, query)
-    out = c_out(t, lcfg)[:, None, None] * out if lcfg.query_skip else out   # f(x_T, T), as losses.consistency_fn
+    out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)
     return out.reshape(n, P, H, W, 3).permute(0, 1, 4, 2, 3)
 
 
