@@ -343,7 +343,7 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device):
     """Features (and logits) of n generated images with per-image seeds, streamed batch by batch, and the
     images/s of the generator alone (feature extraction not counted).
 
-    NeRF checkpoints follow the mNIF protocol instead: one generated object (1 step) per test scene, up to
+    NeRF checkpoints follow the mNIF protocol instead: one generated object per test scene, up to
     n scenes, rendered at all of that scene's test poses (SRN Cars: 704 x 251 images)."""
     import sample
     from inr import to_uint8
@@ -352,9 +352,7 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device):
     model, cfg, _ = sample.load_model(ckpt, 'ema', device)
     lcfg = loss_config(cfg)
     if cfg['dataset'] in NERF_DATASETS:
-        if steps != 1:
-            raise ValueError("NeRF generation is 1-step only; drop --steps 2")
-        chunks = sample.nerf_fid_samples(model, cfg, lcfg, seed, limit=n)
+        chunks = sample.nerf_fid_samples(model, cfg, lcfg, seed, n, steps)
     else:
         def generated():
             for i in tqdm(range(0, n, batch), desc=f'{steps}-step samples'):

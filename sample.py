@@ -4,6 +4,7 @@
     python sample.py --ckpt out/ckpt.pt --steps 2 --resolution 128 --npz samples.npz
     python sample.py --ckpt out/ckpt.pt --encode --json metrics.json
     python sample.py --ckpt out3d/ckpt.pt --npz gen.npz    # NeRF: one generated object per test scene at its poses
+    python sample.py --ckpt out3d/ckpt.pt --steps 2 --resolution 64 --out orbit.png   # NeRF: 2-step orbits at 64^2
 
 Generated INRs (SPEC section 6): 1 step, beta = G(c_in(T) T z, T) and the INR is c_out(T) M_beta (c_skip(T) x_T
 has std ~0.003 and has no continuous form); 2 steps, the grid image f(x, t_mid) mixes c_skip(t_mid) = 0.27
@@ -172,34 +173,55 @@ def nerf_novel_views(model, dataset, scene, support_view, views, lcfg):
     return x[0], pred, x[1:]
 
 
+def nerf_query(support_rays, rays, n):
+    """The query dict of n objects seen from one support camera and rendered along the same rays."""
+    (o_s, d_s), (o, d) = support_rays, rays
+    R = o_s.shape[-2]
+    return {'support_origins': o_s.expand(n, 1, R, R, 3), 'support_dirs': d_s.expand(n, 1, R, R, 3),
+            'origins': o.reshape(1, -1, 3).expand(n, -1, -1), 'dirs': d.reshape(1, -1, 3).expand(n, -1, -1)}
+
+
 @torch.no_grad()
-def generate_nerf(model, seeds, lcfg, support_rays, rays):
-    """1 step: beta = G(c_in(T) T z, T) with noise on a canonical support view; render c_out(T) M_beta (c_out = 1
-    under query_skip False) along rays (origins, dirs), each (P, H, W, 3), the same cameras for every
-    object -> (N, P, 3, H, W) in [-1, 1]."""
+def generate_nerf(model, seeds, lcfg, support_rays, rays, steps=1):
+    """Generated NeRFs rendered along rays (origins, dirs), each (P, H, W, 3), the same cameras for every object
+    -> (N, P, 3, H, W) in [-1, 1]. support_rays: the canonical support camera (1, R, R, 3) x 2.
+
+    1 step: beta = G(c_in(T) T z, T) with the noise on the support view; render c_out(T) M_beta (c_out = 1
+    under query_skip False). 2 steps: view that object from the support camera, add noise to t_mid and encode
+    at t_mid; without the query skip f is the render, so that INR is the result; under Eq. 12 f at the support
+    view mixes c_skip(t_mid) of the noisy view in, so that image is re-encoded at t_min (one more NFE), as for
+    images. The second step turns the 1-step blobs of the shapes3d demo into shaded solids (README)."""
     dev = next(model.parameters()).device
     R = model.inr.resolution
-    x_T = T_MAX * per_image_noise(seeds, (1, 3, R, R), dev)
-    (o_s, d_s), (o, d) = support_rays, rays
-    n, (P, H, W) = len(seeds), o.shape[:3]
-    query = {'support_origins': o_s.expand(n, 1, R, R, 3), 'support_dirs': d_s.expand(n, 1, R, R, 3),
-             'origins': o.reshape(1, -1, 3).expand(n, -1, -1), 'dirs': d.reshape(1, -1, 3).expand(n, -1, -1)}
-    t = t_full(T_MAX, n, dev)
-    beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x_T, c_noise(t), query)
-    out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)
+    n, (P, H, W) = len(seeds), rays[0].shape[:3]
+    support_rays = tuple(v.reshape(1, R, R, 3) for v in support_rays)
+    x, t = T_MAX * per_image_noise(seeds, (1, 3, R, R), dev), t_full(T_MAX, n, dev)
+    if steps == 2:
+        x1 = generate_nerf(model, seeds, lcfg, support_rays, support_rays)           # (n, 1, 3, R, R)
+        z = per_image_noise([s + 1_000_000_007 for s in seeds], (1, 3, R, R), dev)
+        x, t = x1 + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t_full(T_MID, n, dev)
+    skip = steps == 2 and c_skip(t[:1], lcfg).item() > 0  # Eq. 12: f(x, t_mid) is an image of the support view
+    query = nerf_query(support_rays, support_rays if skip else rays, n)
+    beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x, c_noise(t), query)
+    out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)                 # (n, rays, 3)
+    if skip:  # ... with c_skip(t_mid) of the noisy view in it: re-encode it at t_min to get a NeRF
+        f = c_skip(t, lcfg)[:, None, None, None, None] * x + out.reshape(n, 1, R, R, 3).permute(0, 1, 4, 2, 3)
+        query = nerf_query(support_rays, rays, n)
+        out = model.inr.render(encode(model, f.clamp(-1, 1), lcfg, query=query), query)
     return out.reshape(n, P, H, W, 3).permute(0, 1, 4, 2, 3)
 
 
-def orbit_rays(dataset, frames, device):
-    """Rays of `frames` cameras on an upper-hemisphere orbit at the dataset's camera distance, (P, R, R, 3) x 2."""
+def orbit_rays(dataset, frames, device, resolution=0):
+    """Rays of `frames` cameras on an upper-hemisphere orbit at the dataset's camera distance, (P, R, R, 3) x 2,
+    R = resolution (0: the dataset's; the focal length scales with it, so the view is the same)."""
     from nerf import get_rays, hemisphere_poses_for
     poses, focal = hemisphere_poses_for(dataset, frames)
-    R = dataset.resolution
-    return get_rays(torch.stack(poses).to(device), focal, R / 2, R / 2, R, R)
+    R = resolution or dataset.resolution
+    return get_rays(torch.stack(poses).to(device), focal * R / dataset.resolution, R / 2, R / 2, R, R)
 
 
-def nerf_fid_samples(model, cfg, lcfg, seed=0, limit=0):
-    """The mNIF protocol: one generated object per test scene (seed*1_000_003 + scene), rendered at every
+def nerf_fid_samples(model, cfg, lcfg, seed=0, limit=0, steps=1):
+    """The mNIF protocol: one generated object (1 or 2 steps) per test scene (seed*1_000_003 + scene), rendered at every
     pose of that scene. Yields uint8 (views, H, W, 3) scene by scene (SRN Cars: 704 x 251 x 128^2 x 3
     = 8.7 GB in all, so callers stream), in the order of nerf_fid_reference."""
     dev = next(model.parameters()).device
@@ -208,7 +230,7 @@ def nerf_fid_samples(model, cfg, lcfg, seed=0, limit=0):
     for s in tqdm(range(min(limit or len(test), len(test))), desc='generated objects at test poses'):
         _, o, d = nerf_views(test, s, range(len(test.views[s])), dev)
         with torch.no_grad():
-            gen = generate_nerf(model, [seed * 1_000_003 + s], lcfg, (o_s, d_s), (o, d))
+            gen = generate_nerf(model, [seed * 1_000_003 + s], lcfg, (o_s, d_s), (o, d), steps)
         yield to_uint8(gen[0]).cpu().numpy()
 
 
@@ -233,8 +255,9 @@ def write_nerf_progress(model, test_set, lcfg, out_dir, n_scenes=8):
     save_grid(to_uint8(torch.cat(rows)), os.path.join(out_dir, 'nerf_views.png'), nrow=1 + 2 * len(views))
     dev = next(model.parameters()).device
     _, o, d = nerf_views(test_set, 0, [0], dev)
-    gen = generate_nerf(model, list(range(8)), lcfg, (o, d), orbit_rays(test_set, 8, dev))
-    save_grid(to_uint8(gen.flatten(0, 1)), os.path.join(out_dir, 'nerf_samples_1step.png'), nrow=8)
+    for steps in (1, 2):
+        gen = generate_nerf(model, list(range(8)), lcfg, (o, d), orbit_rays(test_set, 8, dev), steps)
+        save_grid(to_uint8(gen.flatten(0, 1)), os.path.join(out_dir, f'nerf_samples_{steps}step.png'), nrow=8)
     model.train(was_training)
     return float(np.mean(scores))
 
@@ -264,19 +287,20 @@ def evaluate_nerf_encoding(model, cfg, lcfg, support_view=0, limit=0, out_png=No
             'psnr_white': float(np.mean(white))}
 
 
-def write_orbit(model, cfg, lcfg, n, seed, out, frames=24):
+def write_orbit(model, cfg, lcfg, n, seed, out, steps=1, resolution=0, frames=24):
     """Generated NeRF objects along an orbit: a PNG strip (object per row) and an animated GIF."""
     dev = next(model.parameters()).device
     test = dataset_split(cfg)
     _, o, d = nerf_views(test, 0, [0], dev)
     seeds = [seed * 1_000_003 + j for j in range(n)]
-    gen = to_uint8(generate_nerf(model, seeds, lcfg, (o, d), orbit_rays(test, frames, dev)).flatten(0, 1))
+    gen = generate_nerf(model, seeds, lcfg, (o, d), orbit_rays(test, frames, dev, resolution), steps)
+    gen = to_uint8(gen.flatten(0, 1))
     save_grid(gen, out, nrow=frames)
     frames_u8 = gen.reshape(n, frames, *gen.shape[1:]).transpose(0, 1)
     gif = out.rsplit('.', 1)[0] + '.gif'
     tiles = [Image.fromarray(np.concatenate(list(f.cpu().numpy()), axis=1)) for f in frames_u8]
     tiles[0].save(gif, save_all=True, append_images=tiles[1:], duration=80, loop=0)
-    print(f"wrote {out} and {gif} ({n} generated objects x {frames} views, 1 step)")
+    print(f"wrote {out} and {gif} ({n} generated objects x {frames} views at {gen.shape[1]}^2, {steps} step(s))")
 
 
 def main(argv):
@@ -318,11 +342,11 @@ def main(argv):
                 with open(a.json, 'w') as f:
                     json.dump(out, f, indent=1)
         elif a.npz:  # FID data of the mNIF protocol; fid.py --ckpt runs the same protocol itself
-            images = np.concatenate(list(nerf_fid_samples(model, cfg, lcfg, a.seed, a.limit)))
+            images = np.concatenate(list(nerf_fid_samples(model, cfg, lcfg, a.seed, a.limit, a.steps)))
             np.savez(a.npz, samples=images)
             print(f"wrote {a.npz}: samples {images.shape} uint8 (one generated object per test scene at its poses)")
         else:
-            write_orbit(model, cfg, lcfg, min(a.n, 16), a.seed, a.out)
+            write_orbit(model, cfg, lcfg, min(a.n, 16), a.seed, a.out, a.steps, a.resolution)
         return
     if a.encode:
         out = evaluate_encoding(model, cfg, lcfg, limit=a.limit, out_png=a.out.replace('.png', '_encode.png'),

@@ -256,7 +256,7 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
                         '--max_minutes', '0', '--out_dir', str(out)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (out / 'nerf_views.png').stat().st_size > 0 and (out / 'nerf_samples_1step.png').stat().st_size > 0
+    assert all((out / f).stat().st_size > 0 for f in ('nerf_views.png', 'nerf_samples_1step.png', 'nerf_samples_2step.png'))
     ckpt = str(out / 'ckpt.pt')
     js = tmp_path / 'm.json'
     r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--encode', '--json', str(js), '--out',
@@ -283,6 +283,11 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     with Image.open(tmp_path / 'o.gif') as gif:
         assert gif.n_frames == 24 and gif.size == (2 * 16, 16)
+    r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--n', '2', '--steps', '2', '--resolution', '24',
+                        '--out', str(tmp_path / 'o2.png')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with Image.open(tmp_path / 'o2.gif') as gif:  # any resolution: the orbit camera's focal length scales with it
+        assert gif.n_frames == 24 and gif.size == (2 * 24, 24)
 
     # mNIF FID protocol: one generated object per test scene at each of its 4 poses, against all 2 x 4 test views
     r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--npz', str(tmp_path / 'gen.npz')],
@@ -309,19 +314,54 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
         fid.main(['--ckpt', ckpt, '--features', 'pixels', '--cache_dir', str(tmp_path / 'fidcache'), '--json', str(js)])
     m = json.load(open(js))
     assert m['n'] == 8 and m['fd_pixels'] == pytest.approx(by_npz, rel=1e-6) and m['fd_pixels'] > 0
+    with pytest.warns(UserWarning):
+        fid.main(['--ckpt', ckpt, '--steps', '2', '--features', 'pixels', '--cache_dir', str(tmp_path / 'fidcache'),
+                  '--json', str(js)])
+    m2 = json.load(open(js))
+    assert m2['n'] == 8 and m2['nfe'] == 2 and m2['fd_pixels'] != m['fd_pixels']
 
 
-@pytest.mark.parametrize('dataset', ['shapes3d', 'srn_cars'])
-def test_one_step_nerf_generation_can_reach_white_under_each_nerf_preset(dataset):
-    """An empty field (white background) must generate white. Under Eq. 12 (srn_cars) a generated NeRF is
-    c_out(T) M_beta, M_beta renders in [-1, 1], so that needs c_out(80) ~ 1: sigma_data = 1 (0.5 gives mid-grey);
-    without the query skip (shapes3d) it is M_beta itself."""
-    import sample
+def tiny_nerf(dataset):
+    """An untrained tiny NeRF model of a preset at 16^2, its loss config and one camera looking at the origin."""
     import train
     from model import build_from_config
     cfg = train.parse_config(['--dataset', dataset, '--preset', 'tiny', '--resolution', '16', '--patch', '4'])
-    model = build_from_config(cfg).eval()
+    torch.manual_seed(0)
+    return build_from_config(cfg).eval(), train.loss_config(cfg), get_rays(look_at((0.0, -1.3, 0.6)), 19.2, 8, 8, 16, 16)
+
+
+@pytest.mark.parametrize('steps', [1, 2])
+@pytest.mark.parametrize('dataset', ['shapes3d', 'srn_cars'])
+def test_nerf_generation_can_reach_white_under_each_nerf_preset(dataset, steps):
+    """An empty field (white background) must generate white. Under Eq. 12 (srn_cars) a 1-step NeRF is
+    c_out(T) M_beta, M_beta renders in [-1, 1], so that needs c_out(80) ~ 1: sigma_data = 1 (0.5 gives mid-grey);
+    its 2-step NeRF is M_beta re-encoded at t_min (not c_out(t_mid) M_beta = 0.63 x white). Without the query
+    skip (shapes3d) it is M_beta itself at either step."""
+    import sample
+    model, lcfg, (o, d) = tiny_nerf(dataset)
     model.inr.density_scale = 0.0                                # nothing anywhere: every ray sees the background
-    o, d = get_rays(look_at((0.0, -1.3, 0.6)), 19.2, 8, 8, 16, 16)
-    gen = sample.generate_nerf(model, [0], train.loss_config(cfg), (o, d), (o[None], d[None]))
+    gen = sample.generate_nerf(model, [0], lcfg, (o, d), (o[None], d[None]), steps)
     assert gen.shape == (1, 1, 3, 16, 16) and gen.min() > 0.999
+
+
+@pytest.mark.parametrize('dataset', ['shapes3d', 'srn_cars'])
+def test_two_step_nerf_generation_renoises_the_first_object_at_t_mid(dataset):
+    """Step 2 encodes the 1-step object seen from the support camera under fresh noise of std t_mid; under Eq. 12
+    one more pass re-encodes the support-view image at t_min. Samples do not depend on the batch."""
+    import sample
+    from losses import c_in
+    model, lcfg, (o, d) = tiny_nerf(dataset)
+    orbit = get_rays(torch.stack(hemisphere_poses(3, radius=1.4)), 19.2, 8, 8, 16, 16)
+    calls, encode = [], model.encode
+    model.encode = lambda x, c, q: calls.append((x, c)) or encode(x, c, q)
+    two = sample.generate_nerf(model, [5, 6], lcfg, (o, d), orbit, 2)
+    times = [math.exp(4 * c[0].item()) for _, c in calls]
+    assert times == pytest.approx([80.0, 0.821] + ([lcfg.t_min] if dataset == 'srn_cars' else []), rel=1e-5)
+    first = sample.generate_nerf(model, [5, 6], lcfg, (o, d), (o[None], d[None]), 1)     # (2, 1, 3, 16, 16)
+    noise = (calls[1][0] / c_in(torch.tensor(0.821), lcfg) - first) / math.sqrt(0.821 ** 2 - lcfg.t_min ** 2)
+    assert noise.std().item() == pytest.approx(1, abs=0.1) and abs(noise.mean().item()) < 0.1
+    assert (noise - calls[0][0] / c_in(torch.tensor(80.0), lcfg) / 80).abs().mean() > 0.5  # not the first noise
+    model.encode = encode
+    assert two.shape == (2, 3, 3, 16, 16)
+    assert torch.allclose(sample.generate_nerf(model, [6], lcfg, (o, d), orbit, 2)[0], two[1], atol=1e-5)
+    assert (two - sample.generate_nerf(model, [5, 6], lcfg, (o, d), orbit, 1)).abs().max() > 1e-3
