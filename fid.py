@@ -426,7 +426,8 @@ def main(argv):
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
         from model import NERF_DATASETS
         nerf = cfg['dataset'] in NERF_DATASETS
-        out.update(n=len(feats), nfe=a.steps, samples_per_s=rate, ref='test, all views (mNIF)' if nerf else a.ref,
+        nfe = a.steps + int(nerf and a.steps == 2 and cfg['query_skip'])  # Eq. 12 NeRFs re-encode (sample.py)
+        out.update(n=len(feats), nfe=nfe, samples_per_s=rate, ref='test, all views (mNIF)' if nerf else a.ref,
                    features=a.features, ckpt=a.ckpt)
     else:
         p.error('give --ckpt or two .npz files')
