@@ -200,7 +200,7 @@ def generate_nerf(model, seeds, lcfg, support_rays, rays, steps=1):
         x1 = generate_nerf(model, seeds, lcfg, support_rays, support_rays)           # (n, 1, 3, R, R)
         z = per_image_noise([s + 1_000_000_007 for s in seeds], (1, 3, R, R), dev)
         x, t = x1 + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t_full(T_MID, n, dev)
-    skip = steps == 2 and c_skip(t[:1], lcfg).item() > 0  # Eq. 12: f(x, t_mid) is an image of the support view
+    skip = steps == 2 and lcfg.query_skip  # Eq. 12: f(x, t_mid) is an image of the support view
     query = nerf_query(support_rays, support_rays if skip else rays, n)
     beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x, c_noise(t), query)
     out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)                 # (n, rays, 3)

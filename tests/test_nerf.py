@@ -256,7 +256,8 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
                         '--max_minutes', '0', '--out_dir', str(out)], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert all((out / f).stat().st_size > 0 for f in ('nerf_views.png', 'nerf_samples_1step.png', 'nerf_samples_2step.png'))
+    grids = ('nerf_views.png', 'nerf_samples_1step.png', 'nerf_samples_2step.png')
+    assert all((out / f).stat().st_size > 0 for f in grids)
     ckpt = str(out / 'ckpt.pt')
     js = tmp_path / 'm.json'
     r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--encode', '--json', str(js), '--out',
@@ -284,7 +285,8 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
     with Image.open(tmp_path / 'o.gif') as gif:
         assert gif.n_frames == 24 and gif.size == (2 * 16, 16)
     r = subprocess.run([sys.executable, 'sample.py', '--ckpt', ckpt, '--n', '2', '--steps', '2', '--resolution', '24',
-                        '--out', str(tmp_path / 'o2.png')], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                        '--out', str(tmp_path / 'o2.png')], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     with Image.open(tmp_path / 'o2.gif') as gif:  # any resolution: the orbit camera's focal length scales with it
         assert gif.n_frames == 24 and gif.size == (2 * 24, 24)
@@ -327,7 +329,8 @@ def tiny_nerf(dataset):
     from model import build_from_config
     cfg = train.parse_config(['--dataset', dataset, '--preset', 'tiny', '--resolution', '16', '--patch', '4'])
     torch.manual_seed(0)
-    return build_from_config(cfg).eval(), train.loss_config(cfg), get_rays(look_at((0.0, -1.3, 0.6)), 19.2, 8, 8, 16, 16)
+    camera = get_rays(look_at((0.0, -1.3, 0.6)), 19.2, 8, 8, 16, 16)
+    return build_from_config(cfg).eval(), train.loss_config(cfg), camera
 
 
 @pytest.mark.parametrize('steps', [1, 2])
