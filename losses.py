@@ -178,14 +178,16 @@ class INRCTLoss:
         return loss, parts
 
 
-if __name__ == '__main__':  # which noise levels get the gradient: python losses.py [P_mean l_recon stage]
+if __name__ == '__main__':  # which noise levels get the gradient: python losses.py [P_mean l_recon stage [skip]]
     import sys
     args = sys.argv[1:] if len(sys.argv) > 3 else ['-1.1', '1', '4']
     p_mean, l_recon, stage = float(args[0]), float(args[1]), int(args[2])
-    cfg = LossConfig(P_mean=p_mean, lambdas=(1.0, l_recon, 1.0), d=1)
+    skip = len(args) < 4 or args[3].lower() in ('1', 'true')
+    cfg = LossConfig(P_mean=p_mean, lambdas=(1.0, l_recon, 1.0), d=1, query_skip=skip)
     t = sample_t(1_000_000, stage, cfg, torch.Generator().manual_seed(0)).double()
     g = render_gradient_scale(t, stage, cfg)
-    print(f"P_mean {p_mean}, lambda_recon {l_recon}, stage {stage}: share of the pull on the render by t")
+    print(f"P_mean {p_mean}, lambda_recon {l_recon}, stage {stage}, query_skip {skip}: "
+          "share of the pull on the render by t")
     for lo, hi in ((0, cfg.t_eps1), (cfg.t_eps1, cfg.t_eps2), (cfg.t_eps2, 1), (1, 10), (10, 81)):
         m = (t >= lo) & (t < hi)
         print(f"  t in [{lo:g}, {hi:g}): {100 * m.double().mean():6.2f}% of samples, "

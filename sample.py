@@ -7,8 +7,9 @@
     python sample.py --ckpt out3d/ckpt.pt --steps 2 --resolution 64 --out orbit.png   # NeRF: 2-step orbits at 64^2
 
 Generated INRs (SPEC section 6): 1 step, beta = G(c_in(T) T z, T) and the INR is c_out(T) M_beta (c_skip(T) x_T
-has std ~0.003 and has no continuous form); 2 steps, the grid image f(x, t_mid) mixes c_skip(t_mid) = 0.27
-of the noisy input in, so the final image is re-encoded at t_min (one more NFE) to get a true INR.
+has std ~0.003 and has no continuous form); 2 steps, under Eq. 12 the grid image f(x, t_mid) mixes
+c_skip(t_mid) = 0.27 of the noisy input in, so the final image is re-encoded at t_min (one more NFE) to get a
+true INR; without the query skip (`query_skip False`, configs/shapes.py) f(x, t_mid) is M_beta itself (2 NFE).
 """
 import argparse
 import json
@@ -65,21 +66,23 @@ def generate(model, seeds, steps, lcfg, resolution=None, chunk=4096):
     n, grid = len(seeds), make_grid(R, R, dev)
     x_T = T_MAX * per_image_noise(seeds, (3, R, R), dev)
     t = t_full(T_MAX, n, dev)
-    beta = model.encode(c_in(t, lcfg)[:, None, None, None] * x_T, c_noise(t))
-    raw = model.inr.render(beta, grid, chunk)
-    image = c_skip(t, lcfg)[:, None, None, None] * x_T + c_out(t, lcfg)[:, None, None, None] * raw
-    if steps == 2:
+
+    def f(x, t):  # the consistency function on the grid, and the INR tokens behind it
+        beta = model.encode(c_in(t, lcfg)[:, None, None, None] * x, c_noise(t))
+        raw = model.inr.render(beta, grid, chunk)
+        return c_skip(t, lcfg)[:, None, None, None] * x + c_out(t, lcfg)[:, None, None, None] * raw, beta
+
+    image, beta = f(x_T, t)
+    if steps == 2:  # ECT/iCT: noise the 1-step image back to t_mid with fresh noise and apply f again
         z = per_image_noise([s + 1_000_000_007 for s in seeds], (3, R, R), dev)
-        t2 = t_full(T_MID, n, dev)
-        x = image + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z
-        raw = model(c_in(t2, lcfg)[:, None, None, None] * x, c_noise(t2), grid, chunk)
-        image = c_skip(t2, lcfg)[:, None, None, None] * x + c_out(t2, lcfg)[:, None, None, None] * raw
+        t = t_full(T_MID, n, dev)
+        image, beta = f(image + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t)
     if resolution in (None, R):
         return image, image
     big = make_grid(resolution, resolution, dev)
-    if steps == 1:
-        return image, c_out(t, lcfg)[:, None, None, None] * model.inr.render(beta, big, chunk)
-    return image, model.inr.render(encode(model, image.clamp(-1, 1), lcfg), big, chunk)
+    if steps == 2 and lcfg.query_skip:  # f(x, t_mid) keeps c_skip(t_mid) = 27% of the noisy x: re-encode it
+        return image, model.inr.render(encode(model, image.clamp(-1, 1), lcfg), big, chunk)
+    return image, c_out(t, lcfg)[:, None, None, None] * model.inr.render(beta, big, chunk)
 
 
 @torch.no_grad()

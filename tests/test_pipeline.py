@@ -195,6 +195,31 @@ def test_generate_shapes_at_several_resolutions(trained_ckpt, steps):
     assert torch.allclose(a[1], b[0], atol=1e-5)
 
 
+@pytest.mark.parametrize('query_skip', [True, False])
+def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip):
+    """The encoder runs at t = 80, then at t_mid on the 1-step image under fresh noise. Under Eq. 12 f(x, t_mid)
+    keeps 27% of that noisy image, so the INR rendered off the grid is the grid image re-encoded at t_min (a third
+    pass); without the query skip f(x, t_mid) is the render of the step-2 tokens, which is that INR (2 passes)."""
+    import math
+    import sample
+    from inr import make_grid
+    from model import build_from_config
+    cfg = train.parse_config(['--query_skip', str(query_skip)])
+    lcfg = train.loss_config(cfg)
+    torch.manual_seed(0)
+    model = build_from_config(cfg).eval()
+    calls, encode = [], model.encode
+    model.encode = lambda x, c, q=None: calls.append((c, encode(x, c, q))) or calls[-1][1]
+    grid_img, big = sample.generate(model, [3, 4], 2, lcfg, 48)
+    model.encode = encode
+    times = [math.exp(4 * c[0].item()) for c, _ in calls]
+    assert times == pytest.approx([80.0, 0.821] + ([lcfg.t_min] if query_skip else []), rel=1e-5)
+    assert torch.equal(big, model.inr.render(calls[-1][1], make_grid(48, 48), 4096))
+    on_grid = model.inr.render(calls[1][1], make_grid(32, 32), 4096)
+    assert torch.equal(grid_img, on_grid) != query_skip  # c_skip(t_mid) of the noisy image only under Eq. 12
+    assert big.shape == (2, 3, 48, 48) and grid_img.shape == (2, 3, 32, 32)
+
+
 def test_sample_cli_writes_png_and_npz(trained_ckpt, tmp_path):
     png, npz = str(tmp_path / 's.png'), str(tmp_path / 's.npz')
     r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--n', '5', '--steps', '2', '--resolution', '64',
