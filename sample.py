@@ -153,6 +153,26 @@ def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None, split='
     return out
 
 
+@torch.no_grad()
+def evaluate_denoising(model, cfg, lcfg, ts=(0.01, 0.0865, 0.3, 0.821, 2.0, 10.0, 80.0), limit=64, seed=0):
+    """PSNR of f(x + t z, t) against x on the first `limit` test images, next to the noisy x + t z itself and the
+    split's mean image: how well the consistency function denoises at each t (README, configs/shapes.py)."""
+    dev = next(model.parameters()).device
+    R = cfg['resolution']
+    test = dataset_split(cfg)
+    x = to_float(test.get(range(min(limit, len(test))))).to(dev)
+    grid, g = make_grid(R, R, dev), torch.Generator(device=dev).manual_seed(seed)
+    mean = psnr(x.mean(0, keepdim=True).expand_as(x), x).mean().item()
+    rows = []
+    for t_ in ts:
+        t = t_full(t_, len(x), dev)
+        x_t = x + t_ * torch.randn(x.shape, generator=g, device=dev)
+        raw = model(c_in(t, lcfg)[:, None, None, None] * x_t, c_noise(t), grid, 4096)
+        f = c_skip(t, lcfg)[:, None, None, None] * x_t + c_out(t, lcfg)[:, None, None, None] * raw
+        rows.append({'t': t_, 'psnr_f': psnr(f, x).mean().item(), 'psnr_noisy': psnr(x_t, x).mean().item()})
+    return {'n_images': len(x), 'psnr_mean_image': mean, 'by_t': rows}
+
+
 # --- NeRF: single-view encoding to novel views, and generation along an orbit ---------------------------
 def nerf_views(dataset, scene, views, device):
     """Views of one scene -> images (V, 3, H, W) in [-1, 1] and their rays (V, H, W, 3)."""
@@ -319,6 +339,8 @@ def main(argv):
     p.add_argument('--weights', default='ema', choices=('ema', 'model'))
     p.add_argument('--device', default='auto')
     p.add_argument('--encode', action='store_true', help='encode the test split and report PSNR')
+    p.add_argument('--denoise', action='store_true',
+                   help='images: PSNR of f(x + t z, t) on 64 test images for t from 0.01 to 80 (--json writes it)')
     p.add_argument('--limit', type=int, default=0,
                    help='at most this many images/scenes: of --split for --encode, of the test split for NeRF '
                         '--npz (0 = all)')
@@ -336,6 +358,8 @@ def main(argv):
     lcfg = loss_config(cfg)
     from model import NERF_DATASETS
     if cfg['dataset'] in NERF_DATASETS:
+        if a.denoise:
+            p.error('--denoise takes an image checkpoint; for a NeRF use --encode')
         if a.encode:
             out = evaluate_nerf_encoding(model, cfg, lcfg, a.support_view, a.limit, a.out.replace('.png', '_encode.png'),
                                          a.split)
@@ -350,6 +374,15 @@ def main(argv):
             print(f"wrote {a.npz}: samples {images.shape} uint8 (one generated object per test scene at its poses)")
         else:
             write_orbit(model, cfg, lcfg, min(a.n, 16), a.seed, a.out, a.steps, a.resolution)
+        return
+    if a.denoise:
+        out = evaluate_denoising(model, cfg, lcfg, limit=a.limit or 64)
+        for row in out['by_t']:
+            print(f"t {row['t']:7g}: f {row['psnr_f']:6.2f} dB   noisy input {row['psnr_noisy']:6.2f} dB")
+        print(f"the test images' mean image: {out['psnr_mean_image']:.2f} dB ({out['n_images']} images, step {step})")
+        if a.json:
+            with open(a.json, 'w') as f:
+                json.dump(dict(out, ckpt=a.ckpt, step=step), f, indent=1)
         return
     if a.encode:
         out = evaluate_encoding(model, cfg, lcfg, limit=a.limit, out_png=a.out.replace('.png', '_encode.png'),

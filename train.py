@@ -52,7 +52,7 @@ ema_decay = 0.9999
 teacher_ema = 0.0         # 0: the teacher is the current weights (ECT); >0: an EMA teacher (Algorithm 1)
 sigma_data = 0.5
 shift_precond = True
-query_skip = True         # Eq. 12's c_skip O_q_t; False: f = the render alone (configs/shapes3d.py, README NeRF)
+query_skip = True         # Eq. 12's c_skip O_q_t; False: f = the render alone (the CPU demos configs/shapes{,3d}.py)
 huber_c = 0.0
 p_mean = -1.1             # full-training t ~ LogNormal(P_mean, P_std) (ECT)
 p_std = 2.0

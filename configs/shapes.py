@@ -8,14 +8,14 @@ pe_sigma = 32.0
 batch_size = 16
 lr = 1e-3
 lr_full = 1e-4        # the paper's lr once the warm-up ends: at 1e-3 consistency training eroded the encoder
-                      # (27.5 dB at the end of the warm-up -> 23.0 at step 2000; 26.7 with 1e-4, README)
+                      # (under Eq. 12: 27.5 dB at the end of the warm-up -> 23.0 at step 2000; 26.7 with 1e-4, README)
 max_iters = 2000
 warmup_iters = 1400   # ETS: reconstruction only
 ect_d = 75            # stages 0..7 over the 600 full-training steps (dt/t -> n(t)/128)
 lambda_recon = 10.0   # paper: robust to 10x; keeps encoding from eroding in this short run (README)
 query_skip = False    # f = the render alone: the tiny INR cannot draw the white noise that Eq. 12's c_skip x_t
-                      # asks it to cancel. Measured (same warm-up checkpoint, step 2000): encoding 28.6 dB
-                      # against 26.6 with the skip; f at t = 0.3 25.2 dB against 19.1 (README)
+                      # asks it to cancel. Measured at step 2000 (README): encoding 28.6 dB against 26.6 with the
+                      # skip, f at t = 0.3 25.2 dB against 19.1; samples no better (pixel FD 28.1 against 20.7)
 ema_decay = 0.995
 log_interval = 100
 sample_interval = 400

@@ -220,6 +220,26 @@ def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip):
     assert big.shape == (2, 3, 48, 48) and grid_img.shape == (2, 3, 32, 32)
 
 
+def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_path):
+    """sample.py --denoise: at t_min f is the noisy input itself under Eq. 12 (shifted c_skip = 1), the render
+    alone without the query skip; the noisy input's PSNR falls with t as -20 log10(t) + const."""
+    import sample
+    from model import build_from_config
+    js = str(tmp_path / 'd.json')
+    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--denoise', '--limit', '8', '--json', js])
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.load(open(js))
+    assert out['n_images'] == 8 and [row['t'] for row in out['by_t']] == [0.01, 0.0865, 0.3, 0.821, 2.0, 10.0, 80.0]
+    noisy = [row['psnr_noisy'] for row in out['by_t']]
+    assert noisy[0] - noisy[1] == pytest.approx(20 * np.log10(8.65), abs=0.5)  # no clipping yet at these t
+    for skip in (True, False):
+        cfg = train.parse_config(['--query_skip', str(skip)])
+        torch.manual_seed(0)
+        model = build_from_config(cfg).eval()
+        row, = sample.evaluate_denoising(model, cfg, train.loss_config(cfg), ts=(0.003,), limit=8)['by_t']
+        assert (row['psnr_f'] == row['psnr_noisy']) == skip
+
+
 def test_sample_cli_writes_png_and_npz(trained_ckpt, tmp_path):
     png, npz = str(tmp_path / 's.png'), str(tmp_path / 's.npz')
     r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--n', '5', '--steps', '2', '--resolution', '64',
