@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from inr import make_grid, psnr, to_float, to_uint8
-from losses import c_in, c_noise, c_out, c_skip
+from losses import c_in, c_noise, c_out, c_skip, consistency_fn
 
 T_MAX, T_MID = 80.0, 0.821
 
@@ -167,8 +167,7 @@ def evaluate_denoising(model, cfg, lcfg, ts=(0.01, 0.0865, 0.3, 0.821, 2.0, 10.0
     for t_ in ts:
         t = t_full(t_, len(x), dev)
         x_t = x + t_ * torch.randn(x.shape, generator=g, device=dev)
-        raw = model(c_in(t, lcfg)[:, None, None, None] * x_t, c_noise(t), grid, 4096)
-        f = c_skip(t, lcfg)[:, None, None, None] * x_t + c_out(t, lcfg)[:, None, None, None] * raw
+        f, _ = consistency_fn(model, x_t, x_t, t, grid, lcfg)  # the f that training fits
         rows.append({'t': t_, 'psnr_f': psnr(f, x).mean().item(), 'psnr_noisy': psnr(x_t, x).mean().item()})
     return {'n_images': len(x), 'psnr_mean_image': mean, 'by_t': rows}
 
