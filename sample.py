@@ -342,7 +342,7 @@ def main(argv):
                    help='images: PSNR of f(x + t z, t) on 64 test images for t from 0.01 to 80 (--json writes it)')
     p.add_argument('--limit', type=int, default=0,
                    help='at most this many images/scenes: of --split for --encode, of the test split for NeRF '
-                        '--npz (0 = all)')
+                        '--npz (0 = all) and for --denoise (0 = 64)')
     p.add_argument('--json', default='', help='--encode: write the metrics here')
     p.add_argument('--split', default='test', choices=('test', 'train'),
                    help='--encode: the split to encode (train: tells under-fitting from over-fitting; use --limit)')
