@@ -343,7 +343,7 @@ def main(argv):
     p.add_argument('--limit', type=int, default=0,
                    help='at most this many images/scenes: of --split for --encode, of the test split for NeRF '
                         '--npz (0 = all) and for --denoise (0 = 64)')
-    p.add_argument('--json', default='', help='--encode: write the metrics here')
+    p.add_argument('--json', default='', help='--encode, --denoise: write the metrics here')
     p.add_argument('--split', default='test', choices=('test', 'train'),
                    help='--encode: the split to encode (train: tells under-fitting from over-fitting; use --limit)')
     p.add_argument('--support_view', type=int, default=0, help='NeRF --encode: the one view each object is encoded from')
