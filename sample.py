@@ -325,6 +325,15 @@ def write_orbit(model, cfg, lcfg, n, seed, out, steps=1, resolution=0, frames=24
     print(f"wrote {out} and {gif} ({n} generated objects x {frames} views at {gen.shape[1]}^2, {steps} step(s))")
 
 
+def write_json(metrics, a, step):
+    """Add the checkpoint and its step to a metrics dict and write it to --json if given; returns the dict."""
+    metrics.update(ckpt=a.ckpt, step=step)
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump(metrics, f, indent=1)
+    return metrics
+
+
 def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--ckpt', required=True)
@@ -362,11 +371,7 @@ def main(argv):
         if a.encode:
             out = evaluate_nerf_encoding(model, cfg, lcfg, a.support_view, a.limit, a.out.replace('.png', '_encode.png'),
                                          a.split)
-            out.update(ckpt=a.ckpt, step=step)
-            print(json.dumps(out, indent=1))
-            if a.json:
-                with open(a.json, 'w') as f:
-                    json.dump(out, f, indent=1)
+            print(json.dumps(write_json(out, a, step), indent=1))
         elif a.npz:  # FID data of the mNIF protocol; fid.py --ckpt runs the same protocol itself
             images = np.concatenate(list(nerf_fid_samples(model, cfg, lcfg, a.seed, a.limit, a.steps)))
             np.savez(a.npz, samples=images)
@@ -379,18 +384,12 @@ def main(argv):
         for row in out['by_t']:
             print(f"t {row['t']:7g}: f {row['psnr_f']:6.2f} dB   noisy input {row['psnr_noisy']:6.2f} dB")
         print(f"the test images' mean image: {out['psnr_mean_image']:.2f} dB ({out['n_images']} images, step {step})")
-        if a.json:
-            with open(a.json, 'w') as f:
-                json.dump(dict(out, ckpt=a.ckpt, step=step), f, indent=1)
+        write_json(out, a, step)
         return
     if a.encode:
         out = evaluate_encoding(model, cfg, lcfg, limit=a.limit, out_png=a.out.replace('.png', '_encode.png'),
                                 split=a.split)
-        out.update(ckpt=a.ckpt, step=step)
-        print(json.dumps(out, indent=1))
-        if a.json:
-            with open(a.json, 'w') as f:
-                json.dump(out, f, indent=1)
+        print(json.dumps(write_json(out, a, step), indent=1))
         return
     res = a.resolution or cfg['resolution']
     images = []
