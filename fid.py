@@ -424,9 +424,11 @@ def main(argv):
         feats, logits, rate, cfg = sample_features(a.ckpt, a.n, a.steps, a.seed, a.batch, extractor, dev)
         mu, sigma, real = reference_stats(cfg, a.ref, extractor, a.pr_n, a.cache_dir)
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
+        import sample
         from model import NERF_DATASETS
+        from train import loss_config
         nerf = cfg['dataset'] in NERF_DATASETS
-        nfe = a.steps + int(nerf and a.steps == 2 and cfg['query_skip'])  # Eq. 12 NeRFs re-encode (sample.py)
+        nfe = a.steps + int(nerf and sample.reencodes(a.steps, loss_config(cfg)))  # images: on the grid, no re-encode
         out.update(n=len(feats), nfe=nfe, samples_per_s=rate, ref='test, all views (mNIF)' if nerf else a.ref,
                    features=a.features, ckpt=a.ckpt)
     else:

@@ -58,6 +58,12 @@ def encode(model, images, lcfg, t=None, query=None):
     return model.encode(scale * images, c_noise(t), query)
 
 
+def reencodes(steps, lcfg):
+    """Whether a generated INR needs one more pass, an encode at t_min: at 2 steps under Eq. 12, f(x, t_mid) keeps
+    c_skip(t_mid) = 27% of its noisy input, so it is an image, not a render; without the query skip it is M_beta."""
+    return steps == 2 and lcfg.query_skip
+
+
 @torch.no_grad()
 def generate(model, seeds, steps, lcfg, resolution=None, chunk=4096):
     """(grid images at the training resolution, INR renders at `resolution`), both (B, 3, H, W) in [-1, 1]."""
@@ -80,7 +86,7 @@ def generate(model, seeds, steps, lcfg, resolution=None, chunk=4096):
     if resolution in (None, R):
         return image, image
     big = make_grid(resolution, resolution, dev)
-    if steps == 2 and lcfg.query_skip:  # f(x, t_mid) keeps c_skip(t_mid) = 27% of the noisy x: re-encode it
+    if reencodes(steps, lcfg):  # off the grid only: on it, f(x, t_mid) is the sample itself
         return image, model.inr.render(encode(model, image.clamp(-1, 1), lcfg), big, chunk)
     return image, c_out(t, lcfg)[:, None, None, None] * model.inr.render(beta, big, chunk)
 
@@ -222,7 +228,7 @@ def generate_nerf(model, seeds, lcfg, support_rays, rays, steps=1):
         x1 = generate_nerf(model, seeds, lcfg, support_rays, support_rays)           # (n, 1, 3, R, R)
         z = per_image_noise([s + 1_000_000_007 for s in seeds], (1, 3, R, R), dev)
         x, t = x1 + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t_full(T_MID, n, dev)
-    skip = steps == 2 and lcfg.query_skip  # Eq. 12: f(x, t_mid) is an image of the support view
+    skip = reencodes(steps, lcfg)  # then f(x, t_mid) is an image of the support view
     query = nerf_query(support_rays, support_rays if skip else rays, n)
     beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x, c_noise(t), query)
     out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)                 # (n, rays, 3)
