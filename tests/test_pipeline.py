@@ -195,6 +195,14 @@ def test_generate_shapes_at_several_resolutions(trained_ckpt, steps):
     assert torch.allclose(a[1], b[0], atol=1e-5)
 
 
+def tiny_image(query_skip):
+    """An untrained model of the default config, with or without the query skip, and its loss config."""
+    from model import build_from_config
+    cfg = train.parse_config(['--query_skip', str(query_skip)])
+    torch.manual_seed(0)
+    return build_from_config(cfg).eval(), cfg, train.loss_config(cfg)
+
+
 @pytest.mark.parametrize('query_skip', [True, False])
 def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip):
     """The encoder runs at t = 80, then at t_mid on the 1-step image under fresh noise. Under Eq. 12 f(x, t_mid)
@@ -203,11 +211,7 @@ def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip):
     import math
     import sample
     from inr import make_grid
-    from model import build_from_config
-    cfg = train.parse_config(['--query_skip', str(query_skip)])
-    lcfg = train.loss_config(cfg)
-    torch.manual_seed(0)
-    model = build_from_config(cfg).eval()
+    model, _, lcfg = tiny_image(query_skip)
     calls, encode = [], model.encode
     model.encode = lambda x, c, q=None: calls.append((c, encode(x, c, q))) or calls[-1][1]
     grid_img, big = sample.generate(model, [3, 4], 2, lcfg, 48)
@@ -224,7 +228,6 @@ def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_p
     """sample.py --denoise: at t_min f is the noisy input itself under Eq. 12 (shifted c_skip = 1), the render
     alone without the query skip; the noisy input's PSNR falls with t as -20 log10(t) + const."""
     import sample
-    from model import build_from_config
     js = str(tmp_path / 'd.json')
     r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--denoise', '--limit', '8', '--json', js])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -233,10 +236,8 @@ def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_p
     noisy = [row['psnr_noisy'] for row in out['by_t']]
     assert noisy[0] - noisy[1] == pytest.approx(20 * np.log10(8.65), abs=0.5)  # no clipping yet at these t
     for skip in (True, False):
-        cfg = train.parse_config(['--query_skip', str(skip)])
-        torch.manual_seed(0)
-        model = build_from_config(cfg).eval()
-        row, = sample.evaluate_denoising(model, cfg, train.loss_config(cfg), ts=(0.003,), limit=8)['by_t']
+        model, cfg, lcfg = tiny_image(skip)
+        row, = sample.evaluate_denoising(model, cfg, lcfg, ts=(0.003,), limit=8)['by_t']
         assert (row['psnr_f'] == row['psnr_noisy']) == skip
 
 
