@@ -26,6 +26,8 @@ class HyperConfig:
     inr_tokens: int = 256      # number of INR tokens in beta
     inr_token_dim: int = 512   # width of one INR token
     dropout: float = 0.0
+    local_gate: bool = True    # scale the local query start by the input's signal fraction (local_features)
+    sigma_data: float = 0.5    # the data scale that signal fraction uses (train.py's sigma_data)
 
 
 # Named presets (paper App. B.2). 'inr' keys configure inr.ImageINR; 'patch' sets token_dim and grid.
@@ -202,6 +204,19 @@ class HyperNetwork(nn.Module):
         f = F.interpolate(f, size=(k, k), mode='bilinear', align_corners=False, antialias=k < g)
         return f.flatten(2).transpose(1, 2)                                         # (B, K, D)
 
+    def local_gate(self, c_noise):
+        """sigma_data^2 / (t^2 + sigma_data^2), the share of c_in(t) O_t's variance that is signal: (B, 1, 1).
+
+        The encoder's residual stream carries embed(c_in O_t) to its output whatever t is (adaLN-Zero only gates
+        the branches), and local_features copies it into the INR tokens, so at t = 80 the noise itself was drawn
+        (1-step samples were coloured noise). The gate is 1 where training encodes (t < 0.0865: > 0.97) and
+        ~0 at t = 80 (4e-5), where beta comes from the queries and cross-attention alone, as in the paper.
+        """
+        if not self.cfg.local_gate:
+            return 1.0
+        t = torch.exp(4 * c_noise)  # c_noise = ln(t) / 4 (losses.c_noise)
+        return (self.cfg.sigma_data ** 2 / (t ** 2 + self.cfg.sigma_data ** 2))[:, None, None]
+
     def forward(self, tokens, c_noise):
         L = tokens.shape[1]
         assert L % self.pos.shape[0] == 0, (
@@ -211,7 +226,7 @@ class HyperNetwork(nn.Module):
         x = self.embed(tokens) + self.pos.repeat(L // self.pos.shape[0], 1)  # (B, L, D), views share the table
         for block in self.encoder:
             x = block(x, c)
-        q = self.queries + self.local_features(x)                           # (B, K, D)
+        q = self.queries + self.local_gate(c_noise) * self.local_features(x)  # (B, K, D)
         for block in self.decoder:
             q = block(q, x, c)
         return self.token_w * self.head(self.head_norm(q)) + self.token_b   # (B, K, inr_token_dim)
@@ -237,7 +252,7 @@ class INRCT(nn.Module):
 
 
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
-                near=0.8, far=1.8, n_samples=64):
+                near=0.8, far=1.8, n_samples=64, local_gate=True, sigma_data=0.5):
     """The INRCT model for a named preset at a training resolution; modality 'image' (ANR) or 'nerf'."""
     if preset not in INRCT_models:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(INRCT_models)}")
@@ -259,7 +274,7 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
     hyper = HyperNetwork(HyperConfig(
         token_dim=token_dim, grid=resolution // patch, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
         enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],
-        dropout=dropout))
+        dropout=dropout, local_gate=local_gate, sigma_data=sigma_data))
     return INRCT(hyper, inr)
 
 
@@ -270,7 +285,8 @@ def build_from_config(cfg):
     """The model a train.py config describes (the one place that maps config keys to build_model)."""
     nerf = cfg['dataset'] in NERF_DATASETS
     return build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'], cfg.get('dropout', 0.0),
-                       'nerf' if nerf else 'image', cfg.get('near', 0.8), cfg.get('far', 1.8), cfg.get('n_samples', 64))
+                       'nerf' if nerf else 'image', cfg.get('near', 0.8), cfg.get('far', 1.8), cfg.get('n_samples', 64),
+                       cfg.get('local_gate', False), cfg['sigma_data'])  # a checkpoint older than local_gate: ungated
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ preset = 'tiny'           # model size, see model.INRCT_models
 patch = 4
 pe_sigma = 32.0           # highest positional-encoding frequency of the image INR
 dropout = 0.0
+local_gate = True         # decoder queries start from the encoder's local features scaled by the signal share (model)
 near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8 / 1.8)
 far = 1.8
 n_samples = 64

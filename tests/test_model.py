@@ -1,5 +1,7 @@
 """Hyper-network, image INR and their training signal: identities at init, LAL, any-resolution rendering,
 gradient flow through every loss term, and a tiny model overfitting one batch."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,26 @@ def test_hypernetwork_output_shape_and_time_dependence():
     b2 = m.encode(x, torch.tensor([1.0, 1.0]))
     assert b1.shape == (2, 64, 64)
     assert not torch.allclose(b1, b2)
+
+
+def test_local_query_start_is_scaled_by_the_signal_share_of_the_input():
+    """Gate sigma_d^2 / (t^2 + sigma_d^2): the local start passes at t_min and is shut at T, where it carried noise."""
+    torch.manual_seed(0)
+    gated = build_model('tiny', 32, 4, 32.0)
+    for block in gated.hyper.encoder:  # leave the zero init so the encoder output depends on t
+        torch.nn.init.normal_(block.ada[-1].weight, std=0.05)
+    plain = copy.deepcopy(gated)
+    plain.hyper.cfg.local_gate = False
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.002, 80.0])
+    c = torch.log(t) / 4
+    assert torch.allclose(gated.hyper.local_gate(c).flatten(), 0.25 / (t ** 2 + 0.25), rtol=1e-6)
+    b_gated, b_plain = gated.encode(x, c), plain.encode(x, c)
+    plain.hyper.local_features = lambda feats: 0.0
+    b_none = plain.encode(x, c)
+    effect = (b_plain - b_none).abs().amax(dim=(1, 2))   # what the ungated local start adds, per t
+    assert effect.min() > 0.1 * b_plain.abs().max()
+    assert (b_gated[0] - b_plain[0]).abs().max() < 1e-3 * effect[0]  # t_min: the ungated model
+    assert (b_gated[1] - b_none[1]).abs().max() < 1e-2 * effect[1]   # T: as if there were no local start
 
 
 def test_wrong_resolution_is_a_clear_error():
