@@ -178,15 +178,16 @@ class INRCTLoss:
         return loss, parts
 
 
-if __name__ == '__main__':  # which noise levels get the gradient: python losses.py [P_mean l_recon stage [skip]]
+if __name__ == '__main__':  # which noise levels get the gradient: python losses.py [P_mean l_recon stage [skip [P_std]]]
     import sys
     args = sys.argv[1:] if len(sys.argv) > 3 else ['-1.1', '1', '4']
     p_mean, l_recon, stage = float(args[0]), float(args[1]), int(args[2])
     skip = len(args) < 4 or args[3].lower() in ('1', 'true')
-    cfg = LossConfig(P_mean=p_mean, lambdas=(1.0, l_recon, 1.0), d=1, query_skip=skip)
+    p_std = float(args[4]) if len(args) > 4 else 2.0
+    cfg = LossConfig(P_mean=p_mean, P_std=p_std, lambdas=(1.0, l_recon, 1.0), d=1, query_skip=skip)
     t = sample_t(1_000_000, stage, cfg, torch.Generator().manual_seed(0)).double()
     g = render_gradient_scale(t, stage, cfg)
-    print(f"P_mean {p_mean}, lambda_recon {l_recon}, stage {stage}, query_skip {skip}: "
+    print(f"P_mean {p_mean}, P_std {p_std}, lambda_recon {l_recon}, stage {stage}, query_skip {skip}: "
           "share of the pull on the render by t")
     for lo, hi in ((0, cfg.t_eps1), (cfg.t_eps1, cfg.t_eps2), (cfg.t_eps2, 1), (1, 10), (10, 81)):
         m = (t >= lo) & (t < hi)
