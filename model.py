@@ -1,7 +1,8 @@
 """The INRCT hyper-network G(O_s_t, t) -> beta (paper Eq. 6, App. B.2, Fig. 5).
 
 Signal encoder: observation tokens -> linear embed + fixed 2D sin-cos table -> N DiT adaLN-Zero blocks.
-INR decoder: M blocks over learnable INR-token queries (plus the encoder features at their grid place) (self-attn, cross-attn to the encoder, FF),
+INR decoder: M blocks over learnable INR-token queries plus the encoder features at their grid place, scaled
+by the signal share of the input (self-attn, cross-attn to the encoder, FF),
 then LN -> Linear -> beta = w * x + b (ANR's direct-token head).
 The encoder only sees a sequence of tokens, so images (RGB patches) and NeRF support views
 (patches of [rgb, ray origin, ray direction]) share every line of this file.
