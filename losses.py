@@ -53,6 +53,11 @@ def c_noise(t):
     return torch.log(t) / 4
 
 
+def t_of_c_noise(c):
+    """The inverse of c_noise, for a network that needs t itself (model.HyperNetwork.local_gate)."""
+    return torch.exp(4 * c)
+
+
 def bcast(v, x):
     """(B,) -> (B, 1, 1, ...) to broadcast against x."""
     return v.reshape(-1, *([1] * (x.dim() - 1)))

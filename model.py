@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from losses import t_of_c_noise
+
 
 @dataclass
 class HyperConfig:
@@ -215,7 +217,7 @@ class HyperNetwork(nn.Module):
         """
         if not self.cfg.local_gate:
             return 1.0
-        t = torch.exp(4 * c_noise)  # c_noise = ln(t) / 4 (losses.c_noise)
+        t = t_of_c_noise(c_noise)
         return (self.cfg.sigma_data ** 2 / (t ** 2 + self.cfg.sigma_data ** 2))[:, None, None]
 
     def forward(self, tokens, c_noise):
