@@ -6,6 +6,7 @@ celeba   CelebA-HQ from an image folder, sorted, first 27,000 train / last 3,000
 folder   any directory tree of png/jpg images, centre-cropped and resized, last test_fraction as test.
 SRNDataset / write_shapes3d: multi-view sets in SRN Cars' on-disk layout (real SRN Cars, or generated offline).
 """
+import codecs
 import hashlib
 import os
 import pickle
@@ -61,8 +62,11 @@ def shape_mask(s, y, x):
     return inside
 
 
-def render_shapes(seed, index, resolution):
-    """One shapes image, box-filtered over each pixel with FINE/resolution sub-samples per axis -> uint8 (R, R, 3)."""
+def render_shapes(seed, index, resolution, blobs=False):
+    """One shapes image, box-filtered over each pixel with FINE/resolution sub-samples per axis -> uint8 (R, R, 3).
+
+    blobs: every primitive drawn as a soft round blob of its colour, centre and size instead (a reference set
+    for fid.py's shape features: right colours and layout, no shapes)."""
     ss = max(1, FINE // resolution)
     n = resolution * ss
     coord = (np.arange(n) * 2 + 1) / n - 1
@@ -71,6 +75,10 @@ def render_shapes(seed, index, resolution):
     g = (0.5 + 0.35 * (np.cos(angle) * x + np.sin(angle) * y))[..., None]
     img = bg[0] * (1 - g) + bg[1] * g
     for s in shapes:
+        if blobs:
+            a = np.exp(-((y - s['centre'][0]) ** 2 + (x - s['centre'][1]) ** 2) / (0.6 * s['size']) ** 2)[..., None]
+            img = a * s['colour'] + (1 - a) * img
+            continue
         m = shape_mask(s, y, x)[..., None]
         img = np.where(m, s['colour'], img)
     img = img.reshape(resolution, ss, resolution, ss, 3).mean(axis=(1, 3))
@@ -110,24 +118,56 @@ class ArrayDataset:
 
 
 # --- CIFAR-10 -----------------------------------------------------------------------------------------
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR-10's python batches hold (dicts, lists, bytes, str, numpy arrays and dtypes) and
+    refuses every other global by name: pickle.load on a downloaded file would run whatever code it names."""
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'): np.zeros(0).__reduce__()[0],  # numpy 1 and 2 pickles
+               ('numpy._core.multiarray', '_reconstruct'): np.zeros(0).__reduce__()[0],
+               ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): np.dtype,
+               ('_codecs', 'encode'): codecs.encode}  # how protocol-2 pickles from Python 3 store bytes
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only dicts, "
+                                         f"lists, bytes and numpy arrays")
+        return self.ALLOWED[(module, name)]
+
+
+def cifar_rows(path):
+    """One python batch file -> uint8 (N, 3072) rows, read with CifarUnpickler."""
+    try:
+        with open(path, 'rb') as f:
+            batch = CifarUnpickler(f, encoding='bytes').load()
+        return np.asarray(batch[b'data'], dtype=np.uint8)
+    except Exception as e:
+        raise ValueError(f"{path} is not a CIFAR-10 python pickle batch ({e})") from e
+
+
 def load_cifar10(data_dir, split):
+    """CIFAR-10 from cifar-10-batches-py (pickles) or cifar-10-batches-bin (label byte + 3072 bytes a record)."""
     root = Path(data_dir)
-    if (root / 'cifar-10-batches-py').is_dir():
-        root = root / 'cifar-10-batches-py'
+    binary = not (root / 'cifar-10-batches-py').is_dir() and (root / 'cifar-10-batches-bin').is_dir()
+    if (root / 'cifar-10-batches-py').is_dir() or binary:
+        root = root / ('cifar-10-batches-bin' if binary else 'cifar-10-batches-py')
+    else:  # data_dir is the batch folder itself
+        binary = (root / 'test_batch.bin').is_file()
     names = [f'data_batch_{i}' for i in range(1, 6)] if split == 'train' else ['test_batch']
     arrays = []
     for name in names:
-        path = root / name
+        path = root / (name + '.bin' if binary else name)
         if not path.is_file():
             raise FileNotFoundError(
-                f"CIFAR-10 file {path} not found. Expected the python version: "
-                f"<data_dir>/cifar-10-batches-py/{{data_batch_1..5, test_batch}} (cifar-10-python.tar.gz, unpacked)")
-        try:
-            with open(path, 'rb') as f:
-                batch = pickle.load(f, encoding='bytes')
-            data = np.asarray(batch[b'data'], dtype=np.uint8)
-        except Exception as e:
-            raise ValueError(f"{path} is not a CIFAR-10 python pickle batch ({e})") from e
+                f"CIFAR-10 file {path} not found. Expected the python version "
+                f"<data_dir>/cifar-10-batches-py/{{data_batch_1..5, test_batch}} (cifar-10-python.tar.gz, unpacked) "
+                f"or the binary one <data_dir>/cifar-10-batches-bin/{{data_batch_1..5, test_batch}}.bin")
+        if binary:
+            raw = np.fromfile(path, dtype=np.uint8)
+            if raw.size % 3073:
+                raise ValueError(f"{path}: {raw.size} bytes is not a whole number of 3073-byte records "
+                                 f"(1 label byte + 3 x 32 x 32)")
+            data = raw.reshape(-1, 3073)[:, 1:]
+        else:
+            data = cifar_rows(path)
         if data.ndim != 2 or data.shape[1] != 3072:
             raise ValueError(f"{path}: expected rows of 3072 bytes (3 x 32 x 32), got array of shape {data.shape}")
         arrays.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))

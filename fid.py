@@ -203,19 +203,125 @@ def load_inception(path='', device='cpu'):
     return net.to(device).eval()
 
 
+# --- shape features: a metric for the embedded `shapes` default that can tell shapes from blobs ----------------
+SHAPE_SEED = 20_261_201     # the images the shape network learns from and is validated on: not a dataset split
+SHAPE_KINDS = ('disc', 'square', 'triangle', 'ring')
+
+
+class ShapeFeatureNet(nn.Module):
+    """32x32 RGB in [0, 1] -> 128-d features, trained to count each kind of primitive (0-3 of each).
+
+    Pixel features see colour and layout; these must know a square from a disc from a blob. The features are
+    the last conv layer pooled over the image (mean and max), so they say what is drawn, not where."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        layers, c = [], 3
+        for w in (width, 2 * width, 4 * width):  # 32 -> 16 -> 8 -> 4
+            layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
+                       nn.Conv2d(w, w, 3, stride=2, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+            c = w
+        self.conv = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * c, 4 * len(SHAPE_KINDS))   # per kind: logits of a count 0, 1, 2, 3
+
+    def forward(self, x):
+        if x.shape[-1] != 32:  # samples rendered at another size are judged at the size the net knows
+            x = F.interpolate(x, size=(32, 32), mode='bilinear', align_corners=False, antialias=True)
+        h = self.conv(x)                                       # (B, 4 width, 4, 4)
+        return torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)  # (B, 8 width)
+
+
+def shape_counts(seed, indices):
+    """How many primitives of each kind the `shapes` images (seed, index) hold: (N, 4) int64."""
+    from data import shape_params
+    return torch.tensor([[sum(s['kind'] == k for s in shape_params(seed, int(i))[2]) for k in SHAPE_KINDS]
+                         for i in indices])
+
+
+def train_shape_net(n_images=12000, iters=1500, batch=64, seed=SHAPE_SEED):
+    """Deterministic training of ShapeFeatureNet on analytic `shapes` images (one CPU minute or two)."""
+    from data import render_shapes
+    torch.manual_seed(0)
+    images = np.stack([render_shapes(seed, i, 32) for i in tqdm(range(n_images), desc='shape-net images')])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    y = shape_counts(seed, range(n_images))
+    net = ShapeFeatureNet()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for step in tqdm(range(iters), desc='training the shape net'):
+        idx = torch.randint(0, n_images, (batch,), generator=g)
+        logits = net.head(net(x[idx])).view(-1, len(SHAPE_KINDS), 4)
+        loss = F.cross_entropy(logits.reshape(-1, 4), y[idx].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def load_shape_net(cache_dir='', device='cpu'):
+    """The shape-feature network, trained on first use and cached (cache_dir or ~/.cache/inrct)."""
+    from data import cache_root
+    path = cache_root(cache_dir) / 'shape_features_v1.pt'
+    net = ShapeFeatureNet()
+    if path.is_file():
+        net.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+    else:
+        print(f"training the shape-feature network once (cached at {path})")
+        net = train_shape_net()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f'{path}.tmp{os.getpid()}'
+        torch.save(net.state_dict(), tmp)
+        os.replace(tmp, path)
+    return net.to(device).eval()
+
+
+def shape_reference_sets(n=500, seed=SHAPE_SEED, offset=1_000_000):
+    """Labelled image sets (uint8 NHWC, 32^2) that a shape metric must rank: {'real': the reference, then
+    'real (other images)', 'blurred 1 px', 'blurred 2 px', 'blobs', 'mean image', 'noise'}, best to worst."""
+    from scipy.ndimage import gaussian_filter
+    from data import render_shapes
+    real = np.stack([render_shapes(seed, offset + i, 32) for i in range(n)])
+    other_idx = range(offset + n, offset + 2 * n)
+    other = np.stack([render_shapes(seed, i, 32) for i in other_idx])
+
+    def blur(s):
+        return np.stack([gaussian_filter(im.astype(np.float64), (s, s, 0)) for im in other]).round().astype(np.uint8)
+    mean = np.repeat(real.mean(0, keepdims=True).round().astype(np.uint8), n, 0)
+    noise = np.random.default_rng(0).integers(0, 256, other.shape, dtype=np.uint8)
+    return {'real': real, 'real (other images)': other, 'blurred 1 px': blur(1.0), 'blurred 2 px': blur(2.0),
+            'blobs': np.stack([render_shapes(seed, i, 32, blobs=True) for i in other_idx]),
+            'mean image': mean, 'noise': noise}
+
+
+def validate_shape_metric(extractor, n=500):
+    """FD, precision and recall of every reference set against 'real', in the order they should rank."""
+    sets = shape_reference_sets(n)
+    real, _ = features_of(sets.pop('real'), extractor)
+    mu, sigma = statistics(real)
+    rows = {}
+    for name, images in sets.items():
+        f, _ = features_of(images, extractor)
+        rows[name] = evaluate(f, None, mu, sigma, real, extractor.kind)
+    return rows
+
+
 # --- features ----------------------------------------------------------------------------------------
 class Features:
-    """uint8 NHWC batches -> (features, logits or None); 'inception' (pool3) or 'pixels' (offline check)."""
+    """uint8 NHWC batches -> (features, logits or None): 'inception' (pool3), 'pixels' (offline check) or
+    'shapes' (ShapeFeatureNet, for the embedded default)."""
 
-    def __init__(self, kind='inception', inception='', device='cpu'):
+    def __init__(self, kind='inception', inception='', device='cpu', cache_dir=''):
         self.kind, self.device = kind, torch.device(device)
-        self.net = load_inception(inception, self.device) if kind == 'inception' else None
+        self.net = (load_inception(inception, self.device) if kind == 'inception' else
+                    load_shape_net(cache_dir, self.device) if kind == 'shapes' else None)
 
     @torch.no_grad()
     def __call__(self, images_uint8):
         x = torch.as_tensor(images_uint8).to(self.device).permute(0, 3, 1, 2).float() / 255
         if self.kind == 'pixels':  # 16x16 box-downsampled RGB: 768-d, cheap and resolution-independent
             return F.adaptive_avg_pool2d(x, 16).flatten(1).cpu().double().numpy(), None
+        if self.kind == 'shapes':
+            return self.net(x).cpu().double().numpy(), None
         pool3, logits = self.net(x)
         return pool3.cpu().double().numpy(), logits.cpu().double().numpy()
 
@@ -374,10 +480,15 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device):
     return np.concatenate(feats), logits, count / seconds, cfg
 
 
+def fd_name(kind):
+    """The key a Frechet distance is reported under: 'fid' only with the Inception features."""
+    return 'fid' if kind == 'inception' else f'fd_{kind}'
+
+
 def evaluate(feats, logits, real_mu, real_sigma, real_feats, kind):
     """FID (or pixel FD), IS when logits exist, precision/recall/F1 of generated features against a reference."""
     mu, sigma = statistics(feats)
-    out = {'fid' if kind == 'inception' else 'fd_pixels': frechet_distance(mu, sigma, real_mu, real_sigma)}
+    out = {fd_name(kind): frechet_distance(mu, sigma, real_mu, real_sigma)}
     if logits is not None:
         out['is'], out['is_std'] = inception_score(logits)
     if real_feats is not None:
@@ -395,7 +506,10 @@ def main(argv):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--batch', type=int, default=500)
     p.add_argument('--ref', default='train', choices=('train', 'test'), help='reference split (paper: train)')
-    p.add_argument('--features', default='inception', choices=('inception', 'pixels'))
+    p.add_argument('--features', default='inception', choices=('inception', 'pixels', 'shapes'),
+                   help="'shapes': a small net trained on analytic shapes images (the embedded default; no weights)")
+    p.add_argument('--validate_shapes', action='store_true',
+                   help="rank reference sets (blurred, blobs, mean, noise) against real shapes images and exit")
     p.add_argument('--inception', default='', help=f'path to {FID_WEIGHTS}')
     p.add_argument('--pr_n', type=int, default=10000, help='samples per side for precision/recall')
     p.add_argument('--cache_dir', default='', help="reference statistics' cache ('' = ~/.cache/inrct)")
@@ -404,8 +518,13 @@ def main(argv):
     a = p.parse_args(argv)
     dev = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
                        ('cpu' if a.device == 'auto' else a.device))
-    extractor = Features(a.features, a.inception, dev)
-    if a.npz:
+    extractor = Features(a.features, a.inception, dev, a.cache_dir)
+    if a.validate_shapes:
+        out = validate_shape_metric(extractor, min(a.n, 2000))
+        for name, row in out.items():
+            print(f"{name:22s} " + '  '.join(f"{k} {v:8.3f}" for k, v in row.items()))
+        out = {'validate_shapes': out, 'n': min(a.n, 2000)}
+    elif a.npz:
         if len(a.npz) != 2 or a.ckpt:
             p.error('give either two .npz files or --ckpt')
         stats = []
@@ -416,7 +535,7 @@ def main(argv):
             else:
                 f, _ = features_of(load_npz_images(path), extractor, desc=os.path.basename(path))
                 stats.append((*statistics(f), f[:a.pr_n]))
-        out = {'fid' if a.features == 'inception' else 'fd_pixels': frechet_distance(*stats[0][:2], *stats[1][:2])}
+        out = {fd_name(a.features): frechet_distance(*stats[0][:2], *stats[1][:2])}
         if stats[0][2] is not None and stats[1][2] is not None:
             m = min(len(stats[0][2]), len(stats[1][2]))
             out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
@@ -433,7 +552,8 @@ def main(argv):
                    features=a.features, ckpt=a.ckpt)
     else:
         p.error('give --ckpt or two .npz files')
-    print(json.dumps(out, indent=1))
+    if not a.validate_shapes:
+        print(json.dumps(out, indent=1))
     if a.json:
         with open(a.json, 'w') as f:
             json.dump(out, f, indent=1)

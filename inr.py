@@ -43,6 +43,16 @@ def localised_attention(q, k, v, tau, eps=1e-6):
     return a @ v
 
 
+def patchify(images, resolution, p):
+    """(B, 3, H, W) -> (B, (H/p)*(W/p), 3*p*p) non-overlapping patches, row-major: the image observation tokens."""
+    B, C, H, W = images.shape
+    if (H, W) != (resolution, resolution):
+        raise ValueError(f"the hyper-network takes {resolution}x{resolution} observations, got "
+                         f"{H}x{W}; resize the input (sample.py --resolution renders at other sizes)")
+    x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // p) * (W // p), C * p * p)
+
+
 class ImageINR(nn.Module):
     """ANR image INR: shared weights; per-instance INR tokens beta (B, K, width) select what is drawn."""
 
@@ -63,14 +73,7 @@ class ImageINR(nn.Module):
 
     # --- observations -> tokens for the hyper-network -------------------------------------------
     def tokenize(self, images, query=None):
-        """(B, 3, H, W) -> (B, (H/p)*(W/p), 3*p*p) non-overlapping patches, row-major (query: unused)."""
-        B, C, H, W = images.shape
-        if (H, W) != (self.resolution, self.resolution):
-            raise ValueError(f"the hyper-network takes {self.resolution}x{self.resolution} observations, got "
-                             f"{H}x{W}; resize the input (sample.py --resolution renders at other sizes)")
-        p = self.patch
-        x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
-        return x.reshape(B, (H // p) * (W // p), C * p * p)
+        return patchify(images, self.resolution, self.patch)
 
     # --- the INR function M_beta -----------------------------------------------------------------
     def heads_split(self, x):  # (B, N, width) -> (B, h, N, d)
@@ -98,6 +101,35 @@ class ImageINR(nn.Module):
         chunk = chunk or H * W
         out = torch.cat([self(beta, flat[:, i:i + chunk]) for i in range(0, H * W, chunk)], dim=1)
         return out.transpose(1, 2).reshape(B, 3, H, W)
+
+
+class PixelINR(nn.Module):
+    """The pixel-space baseline (`--inr pixels`): each INR token is decoded to one patch of the training grid
+    (DiT's final layer), so the same transformer, loss and loop are pixel-space ECT. Its "render" at another
+    size is a bilinear resize of that grid: there is no continuous function behind it."""
+
+    def __init__(self, token_dim=64, tokens=64, resolution=32, patch=4):
+        super().__init__()
+        k = math.isqrt(tokens)
+        if k * k != tokens or resolution % k:
+            raise ValueError(f"the pixel head needs a square token grid dividing the resolution, got {tokens} tokens "
+                             f"at {resolution}^2")
+        self.resolution, self.patch, self.grid, self.cell = resolution, patch, k, resolution // k
+        self.norm = nn.LayerNorm(token_dim)
+        self.out = nn.Linear(token_dim, 3 * self.cell ** 2)
+
+    def tokenize(self, images, query=None):
+        return patchify(images, self.resolution, self.patch)
+
+    def render(self, beta, coords, chunk=None):
+        """beta (B, K, token_dim) -> (B, 3, H, W), H, W the grid's size (coordinates' jitter is ignored)."""
+        B, k, c = beta.shape[0], self.grid, self.cell
+        x = self.out(self.norm(beta)).view(B, k, k, 3, c, c).permute(0, 3, 1, 4, 2, 5).reshape(B, 3, k * c, k * c)
+        H, W = coords.shape[-3], coords.shape[-2]
+        if (H, W) == (self.resolution, self.resolution):
+            return x
+        return torch.nn.functional.interpolate(x, size=(H, W), mode='bilinear', align_corners=False,
+                                               antialias=H < self.resolution)
 
 
 def to_float(images_uint8):

@@ -19,7 +19,11 @@ class LossConfig:
     q: float = 2.0
     k: float = 8.0
     b: float = 1.0
-    d: int = 1000               # ECT stage length in steps: a = floor(steps_since_warmup / d)
+    d: int = 1000               # ECT stage length in steps (stages 1, 2, ...)
+    stage0_iters: int = 0       # steps of stage 0 (r = 0: denoising at every t) after the warm-up; 0: d
+    max_stage: int = 0          # stop tightening dt at this stage (paper: "stop when dt is too small"); 0: never
+    weighting: str = 'inv_dt'   # 'inv_dt': w = 1/(t - r); 'ect': c_out(t)/(t - r) without the query skip (ECT's
+                                # pull on its network output); 'uniform': t/(t - r), every t pulls alike (loss_weight)
     t_eps1: float = 0.007       # L_recon below this t
     t_eps2: float = 0.0865      # L_diff below this t (first 25% of LogNormal(-1.1, 2))
     warmup_iters: int = 0       # ETS: reconstruction-only steps before full training
@@ -28,19 +32,21 @@ class LossConfig:
     teacher_ema: float = 0.0    # 0: teacher = stop-grad of current weights (ECT); >0 see train.py
     lambdas: tuple = (1.0, 1.0, 1.0)  # (l1, l2, l3) of full training (paper: robust to 0.1x-10x)
     query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: c_skip 0, c_out 1 (NeRF, see consistency_fn)
+    boundary_sigma: float = 0.0 # query_skip False: > 0 keeps a narrow skip so f(x, t_min) = x exactly (c_skip)
 
 
 # --- preconditioning (SPEC section 2) ---------------------------------------------------------------
 def c_skip(t, cfg):
-    if not cfg.query_skip:  # f = the render alone (consistency_fn)
-        return 0 * t
+    if not cfg.query_skip:  # f = the render alone (consistency_fn), or with a skip that only acts near t_min
+        b = cfg.boundary_sigma
+        return b ** 2 / ((t - cfg.t_min) ** 2 + b ** 2) if b > 0 else 0 * t
     s = t - cfg.t_min if cfg.shift_precond else t
     return cfg.sigma_data ** 2 / (s ** 2 + cfg.sigma_data ** 2)
 
 
 def c_out(t, cfg):
     if not cfg.query_skip:
-        return 0 * t + 1
+        return 1 - c_skip(t, cfg)
     s = t - cfg.t_min if cfg.shift_precond else t
     return s * cfg.sigma_data / (t ** 2 + cfg.sigma_data ** 2) ** 0.5
 
@@ -77,8 +83,10 @@ def consistency_fn(net, support_t, query_t, t, query, cfg):
 
 # --- time schedule (SPEC section 3) -----------------------------------------------------------------
 def ect_stage(step, cfg):
-    """a = floor(steps since the end of warm-up / d); 0 during warm-up."""
-    return max(0, step - cfg.warmup_iters) // cfg.d
+    """0 during warm-up and the stage0_iters after it, then 1 + floor(steps since / d), capped at max_stage."""
+    s = step - cfg.warmup_iters - (cfg.stage0_iters or cfg.d)
+    a = 0 if s < 0 else 1 + s // cfg.d
+    return min(a, cfg.max_stage) if cfg.max_stage > 0 else a
 
 
 def r_of_t(t, step, cfg):
@@ -100,6 +108,20 @@ def sample_t(batch_size, step, cfg, generator=None, device=None):
 def loss_weights(step, cfg):
     """(l1, l2, l3) for (L_gene, L_recon, L_diff): (0, 1, 0) in the ETS warm-up, then cfg.lambdas (1, 1, 1)."""
     return (0.0, 1.0, 0.0) if step < cfg.warmup_iters else tuple(cfg.lambdas)
+
+
+def loss_weight(t, r, cfg):
+    """w(t) of Eq. 17. 'inv_dt': 1/(t - r) (ECT). Each L2-norm distance pulls on its output with unit force, so
+    the pull on the network is w c_out under Eq. 12 (ECT) but w alone without the query skip (f = render), where
+    1/t hands the whole batch to its smallest t. 'ect' restores ECT's c_out(t)/(t - r) there; 'uniform' is
+    t/(t - r) = 2^a / n(t): within a stage every noise level pulls alike (1 in stage 0)."""
+    if cfg.weighting == 'inv_dt' or (cfg.weighting == 'ect' and cfg.query_skip):
+        return 1 / (t - r)
+    if cfg.weighting == 'ect':
+        return t * cfg.sigma_data / (t ** 2 + cfg.sigma_data ** 2) ** 0.5 / (t - r)
+    if cfg.weighting == 'uniform':
+        return t / (t - r)
+    raise ValueError(f"weighting must be 'inv_dt', 'ect' or 'uniform', got {cfg.weighting!r}")
 
 
 def recon_mask(t, cfg):
@@ -127,7 +149,7 @@ def render_gradient_scale(t, step, cfg):
     many draws of t it says which noise levels a short run actually trains (`python losses.py`)."""
     l1, l2, l3 = loss_weights(step, cfg)
     co = c_out(t, cfg)
-    return (l1 * co + l3 * co * diff_mask(t, cfg) + l2 * recon_mask(t, cfg)) / (t - r_of_t(t, step, cfg))
+    return (l1 * co + l3 * co * diff_mask(t, cfg) + l2 * recon_mask(t, cfg)) * loss_weight(t, r_of_t(t, step, cfg), cfg)
 
 
 # --- the INRCT loss (Eq. 13, 15, 16, 17; Algorithm 1) ---------------------------------------------------
@@ -172,7 +194,7 @@ class INRCTLoss:
         L_gene = distance(f_t, f_r.detach(), cfg)
         L_recon = distance(raw_t, target, cfg) * m_recon
         L_diff = distance(f_t, target, cfg) * m_diff
-        w = 1 / (t - r)
+        w = loss_weight(t, r, cfg)
         loss = (w * (l1 * L_gene + l2 * L_recon + l3 * L_diff)).mean()
         parts = {
             'L_gene': L_gene.mean().item(), 'L_recon': L_recon.sum().item() / max(m_recon.sum().item(), 1),

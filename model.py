@@ -31,6 +31,8 @@ class HyperConfig:
     dropout: float = 0.0
     local_gate: bool = True    # scale the local query start by the input's signal fraction (local_features)
     sigma_data: float = 0.5    # the data scale that signal fraction uses (train.py's sigma_data)
+    time_embed: str = 'positional'  # 'positional' (EDM: sinusoids of c_noise) | 'fourier' (iCT: random frequencies)
+    time_scale: float = 1.0    # positional: c_noise is multiplied by this; fourier: std of the frequencies (rad per unit c_noise)
 
 
 # Named presets (paper App. B.2). 'inr' keys configure inr.ImageINR; 'patch' sets token_dim and grid.
@@ -63,28 +65,37 @@ def sincos_2d_table(dim, grid):
     return torch.cat(parts, dim=1).float()  # (grid*grid, dim)
 
 
-def timestep_embedding(c_noise, dim, max_period=10000):
-    """Sinusoidal features of c_noise = ln(t)/4 (range about [-1.5, 1.1]).
+def timestep_embedding(c_noise, dim, scale=1.0, max_period=10000):
+    """Sinusoidal features of scale * c_noise, frequencies 1 .. 1/max_period (EDM's positional embedding).
 
-    c_noise is multiplied by 1000 first so the usual DiT frequency ladder (made for integer steps
-    0..1000) resolves the whole noise range instead of seeing a near-constant input.
+    c_noise = ln(t)/4 spans about [-1.5, 1.1]; with scale 1 the top frequency turns less than a radian over
+    the whole noise range, so f is smooth in t, which consistency training needs (iCT). DiT's ladder was made
+    for integer steps 0..1000: scale 1000 makes the features oscillate many times between neighbouring t.
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=c_noise.device) / half)
-    args = 1000.0 * c_noise.float()[:, None] * freqs[None]
+    args = scale * c_noise.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 class TimeEmbedder(nn.Module):
-    """c_noise -> (B, D) conditioning vector (DiT's TimestepEmbedder)."""
+    """c_noise -> (B, D) conditioning vector: sinusoidal features (positional or Fourier), then an MLP (DiT)."""
 
-    def __init__(self, dim, freq_dim=256):
+    def __init__(self, dim, freq_dim=256, kind='positional', scale=1.0):
         super().__init__()
-        self.freq_dim = freq_dim
+        if kind not in ('positional', 'fourier'):
+            raise ValueError(f"time_embed must be 'positional' or 'fourier', got {kind!r}")
+        self.freq_dim, self.kind, self.scale = freq_dim, kind, scale
+        # iCT's Fourier features: fixed random frequencies ~ N(0, scale^2), the same in every run (seed 0)
+        self.register_buffer('freqs', torch.randn(freq_dim // 2, generator=torch.Generator().manual_seed(0)) * scale,
+                             persistent=False)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, c_noise):
-        return self.mlp(timestep_embedding(c_noise, self.freq_dim))
+        if self.kind == 'fourier':
+            args = c_noise.float()[:, None] * self.freqs[None]
+            return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+        return self.mlp(timestep_embedding(c_noise, self.freq_dim, self.scale))
 
 
 class Attention(nn.Module):
@@ -168,7 +179,7 @@ class HyperNetwork(nn.Module):
         self.cfg = cfg
         self.embed = nn.Linear(cfg.token_dim, cfg.dim)
         self.register_buffer('pos', sincos_2d_table(cfg.dim, cfg.grid), persistent=False)
-        self.time = TimeEmbedder(cfg.dim)
+        self.time = TimeEmbedder(cfg.dim, kind=cfg.time_embed, scale=cfg.time_scale)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.enc_depth))
         self.queries = nn.Parameter(torch.zeros(cfg.inr_tokens, cfg.dim))
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_depth))
@@ -255,15 +266,22 @@ class INRCT(nn.Module):
 
 
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
-                near=0.8, far=1.8, n_samples=64, local_gate=True, sigma_data=0.5):
-    """The INRCT model for a named preset at a training resolution; modality 'image' (ANR) or 'nerf'."""
+                near=0.8, far=1.8, n_samples=64, local_gate=True, sigma_data=0.5, time_embed='positional',
+                time_scale=1.0, inr='anr'):
+    """The INRCT model for a named preset at a training resolution; modality 'image' (inr 'anr' or 'pixels') or 'nerf'."""
     if preset not in INRCT_models:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(INRCT_models)}")
     if resolution % patch:
         raise ValueError(f"resolution {resolution} is not a multiple of patch {patch}")
     p = INRCT_models[preset]
-    if modality == 'image':
+    if modality == 'image' and inr == 'pixels':
+        from inr import PixelINR
+        inr = PixelINR(token_dim=p['inr_token_dim'], tokens=p['inr_tokens'], resolution=resolution, patch=patch)
+        token_dim, tokens = 3 * patch * patch, p['inr_tokens']
+    elif modality == 'image':
         from inr import ImageINR
+        if inr != 'anr':
+            raise ValueError(f"unknown image INR {inr!r}; choose 'anr' or 'pixels'")
         assert p['inr_token_dim'] == p['inr_width'], "ANR attends with INR tokens as keys: token dim = INR width"
         inr = ImageINR(width=p['inr_width'], depth=p['inr_depth'], heads=p['inr_heads'], tokens=p['inr_tokens'],
                        pe_sigma=pe_sigma, resolution=resolution, patch=patch)
@@ -277,7 +295,7 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
     hyper = HyperNetwork(HyperConfig(
         token_dim=token_dim, grid=resolution // patch, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
         enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],
-        dropout=dropout, local_gate=local_gate, sigma_data=sigma_data))
+        dropout=dropout, local_gate=local_gate, sigma_data=sigma_data, time_embed=time_embed, time_scale=time_scale))
     return INRCT(hyper, inr)
 
 
@@ -289,7 +307,7 @@ def build_from_config(cfg):
     nerf = cfg['dataset'] in NERF_DATASETS
     return build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'], cfg.get('dropout', 0.0),
                        'nerf' if nerf else 'image', cfg.get('near', 0.8), cfg.get('far', 1.8), cfg.get('n_samples', 64),
-                       cfg.get('local_gate', False), cfg['sigma_data'])  # a checkpoint older than local_gate: ungated
+                       cfg['local_gate'], cfg['sigma_data'], cfg['time_embed'], cfg['time_scale'], cfg['inr'])
 
 
 if __name__ == '__main__':

@@ -126,7 +126,7 @@ def load_model(path, weights='ema', device='cpu'):
     from model import build_from_config
     from train import defaults, load_checkpoint
     ckpt = load_checkpoint(path)
-    cfg = {**defaults(), **ckpt['config']}
+    cfg = {**defaults(), 'time_scale': 1000.0, **ckpt['config']}  # checkpoints older than the key used 1000
     model = build_from_config(cfg)
     if weights == 'ema' and ckpt['step'] <= cfg['warmup_iters']:
         weights = 'model'  # the EMA starts when warm-up ends: before that it is the initial weights

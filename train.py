@@ -25,6 +25,7 @@ from tqdm import tqdm
 # -----------------------------------------------------------------------------
 # defaults (each can be overridden by configs/<dataset>.py, then by --key=value or --key value)
 dataset = 'shapes'        # images: shapes | cifar10 | celeba | folder; NeRF: shapes3d | srn_cars
+config = ''               # preset file configs/<config>.py ('' = configs/<dataset>.py), e.g. --config shapes_gen
 data_dir = ''
 cache_dir = ''            # where celeba's .npy cache goes ('' = ~/.cache/inrct)
 resolution = 32
@@ -33,6 +34,9 @@ preset = 'tiny'           # model size, see model.INRCT_models
 patch = 4
 pe_sigma = 32.0           # highest positional-encoding frequency of the image INR
 dropout = 0.0
+time_embed = 'positional' # noise-level features: 'positional' (EDM, sinusoids of c_noise) | 'fourier' (iCT)
+time_scale = 1.0          # positional: c_noise multiplier (1000 = DiT's integer-step ladder); fourier: frequency std
+inr = 'anr'               # images: 'anr' (the ANR INR) | 'pixels' (tokens -> patches: pixel-space ECT, the baseline)
 local_gate = True         # decoder queries start from the encoder's local features scaled by the signal share (model)
 near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8 / 1.8)
 far = 1.8
@@ -49,11 +53,15 @@ grad_clip = 1.0           # global grad-norm clip (0 = off); tames RAdam's un-re
 max_iters = 1500
 warmup_iters = 800        # ETS reconstruction-only steps
 ect_d = 100               # ECT stage length in steps
+ect_stage0 = 0            # steps of stage 0 (r = 0, plain denoising at every t) after the warm-up (0 = ect_d)
+ect_max_stage = 0         # stop tightening dt after this stage (0 = never)
+weighting = 'inv_dt'      # w(t) = 1/(t - r) | 'ect': times c_out(t) without query_skip | 'uniform': t/(t - r)
 ema_decay = 0.9999
 teacher_ema = 0.0         # 0: the teacher is the current weights (ECT); >0: an EMA teacher (Algorithm 1)
 sigma_data = 0.5
 shift_precond = True
 query_skip = True         # Eq. 12's c_skip O_q_t; False: f = the render alone (the CPU demos configs/shapes{,3d}.py)
+boundary_sigma = 0.0      # query_skip False: c_skip = s^2/((t - t_min)^2 + s^2), f(x, t_min) = x exactly (0 = off)
 huber_c = 0.0
 p_mean = -1.1             # full-training t ~ LogNormal(P_mean, P_std) (ECT)
 p_std = 2.0
@@ -72,7 +80,7 @@ compile = False           # torch.compile the model (GPU)
 dry_run = False           # build everything, print the config and parameter count, exit
 # -----------------------------------------------------------------------------
 # architecture keys: a checkpoint can only be resumed or sampled with the same values
-ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma')
+ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'time_embed', 'time_scale')
 
 
 def defaults():
@@ -116,8 +124,10 @@ def parse_config(argv):
             raise ValueError(f"unknown config key --{key}{hint}")
         pairs.append((key, val))
         i += 1
-    name = dict(pairs).get('dataset', cfg['dataset'])
+    name = dict(pairs).get('config') or dict(pairs).get('dataset', cfg['dataset'])
     preset_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', f'{name}.py')
+    if dict(pairs).get('config') and not os.path.isfile(preset_file):
+        raise ValueError(f"--config {name}: no preset file {preset_file}")
     if os.path.isfile(preset_file):
         scope = {}
         exec(open(preset_file).read(), scope)
@@ -136,8 +146,10 @@ def loss_config(cfg):
     from losses import LossConfig
     cfg = {**defaults(), **cfg}  # checkpoints from before a key existed get its default
     return LossConfig(sigma_data=cfg['sigma_data'], d=cfg['ect_d'], warmup_iters=cfg['warmup_iters'],
+                      stage0_iters=cfg['ect_stage0'], max_stage=cfg['ect_max_stage'], weighting=cfg['weighting'],
                       shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'],
-                      query_skip=cfg['query_skip'], P_mean=cfg['p_mean'], P_std=cfg['p_std'],
+                      query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
+                      P_mean=cfg['p_mean'], P_std=cfg['p_std'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 

@@ -1,6 +1,8 @@
 """Every loader on fixtures in its real on-disk format, the embedded shapes set, and bad-data errors."""
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from PIL import Image
 
 from data import FINE, ShapesDataset, load_dataset, render_shapes
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data')
 
 
@@ -121,3 +124,43 @@ def test_real_celeba_sample_as_folder():
     assert len(train) == 56 and len(test) == 8
     x = train.get(range(4)).float()
     assert x.shape == (4, 64, 64, 3) and 40 < x.mean() < 220 and x.std() > 20
+
+
+class RunsCode:
+    """A pickled object whose loading would run a shell command (touch a file)."""
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.path}',))
+
+
+def test_cifar10_batch_that_runs_code_is_refused_by_name(tmp_path):
+    d = write_cifar(tmp_path)
+    marker = tmp_path / 'pwned'
+    with open(d / 'data_batch_2', 'wb') as f:
+        pickle.dump({b'data': RunsCode(marker)}, f)
+    with pytest.raises(ValueError, match=r'data_batch_2.*refusing to load (posix|os)\.system'):
+        load_dataset('cifar10', 'train', 32, str(tmp_path))
+    assert not marker.exists()
+    r = subprocess.run([sys.executable, 'train.py', '--dataset', 'cifar10', '--preset', 'tiny', '--data_dir',
+                        str(tmp_path), '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and 'refusing to load' in r.stderr and not marker.exists()
+
+
+def test_cifar10_binary_layout_reads_the_same_images(tmp_path):
+    (tmp_path / 'a').mkdir()
+    py = write_cifar(tmp_path / 'a')
+    b = tmp_path / 'b' / 'cifar-10-batches-bin'
+    b.mkdir(parents=True)
+    for name in [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']:
+        with open(py / name, 'rb') as f:
+            rows = pickle.load(f, encoding='bytes')[b'data']
+        np.concatenate([np.arange(len(rows), dtype=np.uint8)[:, None], rows], 1).tofile(b / f'{name}.bin')
+    for split in ('train', 'test'):
+        a = load_dataset('cifar10', split, 32, str(tmp_path / 'a')).array
+        assert np.array_equal(a, load_dataset('cifar10', split, 32, str(tmp_path / 'b')).array)
+    with open(b / 'test_batch.bin', 'ab') as f:
+        f.write(b'\x00' * 10)
+    with pytest.raises(ValueError, match='3073-byte records'):
+        load_dataset('cifar10', 'test', 32, str(tmp_path / 'b'))

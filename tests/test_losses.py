@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, consistency_fn, diff_mask, distance,
-                    ect_stage, loss_weights, r_of_t, recon_mask, render_gradient_scale, sample_t)
+                    ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, render_gradient_scale, sample_t)
 
 # SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
 PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
@@ -219,3 +219,47 @@ def test_loss_without_query_skip_matches_eq17_with_f_the_render(step):
         return raw, raw
 
     assert loss.item() == pytest.approx(eq17_by_hand(f, target, t, r, step, cfg).item(), rel=1e-5)
+
+
+def test_stage_zero_length_and_stage_cap_follow_their_keys():
+    """ect_stage0 sets how long r = 0 (denoising at every t) lasts after the warm-up; max_stage stops the tightening."""
+    cfg = LossConfig(d=10, warmup_iters=5, stage0_iters=40, max_stage=3)
+    assert [ect_stage(s, cfg) for s in (0, 4, 5, 44, 45, 54, 55, 64, 65, 1000)] == [0, 0, 0, 0, 1, 1, 2, 2, 3, 3]
+    t = torch.logspace(-2, 1.9, 30, dtype=torch.float64)
+    assert torch.all(r_of_t(t, 44, cfg) == 0) and r_of_t(t, 45, cfg)[-1] > 0  # stage 1: r(80) = 40
+    assert torch.equal(r_of_t(t, 1000, cfg), r_of_t(t, 65, cfg))
+    default = LossConfig(d=10, warmup_iters=5)  # stage0_iters 0: stage 0 lasts d, as ECT's a = floor(steps / d)
+    assert [ect_stage(s, default) for s in range(5, 60)] == [(s - 5) // 10 for s in range(5, 60)]
+
+
+@pytest.mark.parametrize('query_skip', [True, False])
+def test_weightings_against_their_formulas(query_skip):
+    t = torch.logspace(-2.5, 1.9, 40, dtype=torch.float64)
+    for step in (5, 35):  # stage 0 and stage 3
+        cfg = LossConfig(d=10, warmup_iters=5, query_skip=query_skip)
+        r = r_of_t(t, step, cfg)
+        w = {k: loss_weight(t, r, LossConfig(d=10, warmup_iters=5, query_skip=query_skip, weighting=k))
+             for k in ('inv_dt', 'ect', 'uniform')}
+        assert torch.allclose(w['inv_dt'], 1 / (t - r))
+        ect = 1 / (t - r) if query_skip else t * 0.5 / (t ** 2 + 0.25).sqrt() / (t - r)
+        assert torch.allclose(w['ect'], ect)
+        n = 1 + 8 * torch.sigmoid(-t)
+        assert torch.allclose(w['uniform'], 2 ** ect_stage(step, cfg) / (n if step > 15 else 1 + 0 * t))
+    with pytest.raises(ValueError, match='weighting'):
+        loss_weight(t, 0 * t, LossConfig(weighting='edm'))
+
+
+def test_boundary_sigma_makes_f_the_input_at_t_min_and_nothing_of_it_beyond():
+    """query_skip False with boundary_sigma s: c_skip = s^2/((t - t_min)^2 + s^2), c_out = 1 - c_skip, so
+    f(x, t_min) = x whatever the network draws, while the input noise c_skip t z it lets into f stays below s/2."""
+    cfg = LossConfig(query_skip=False, boundary_sigma=0.02)
+    t = torch.logspace(math.log10(0.003), math.log10(80), 400, dtype=torch.float64)
+    assert torch.allclose(c_skip(t, cfg), 0.02 ** 2 / ((t - 0.003) ** 2 + 0.02 ** 2))
+    assert torch.allclose(c_out(t, cfg), 1 - c_skip(t, cfg))
+    assert (c_skip(t, cfg) * t).max() < 0.02 / 2 + 0.003
+    net = lambda s, c, q: torch.full_like(s, 0.7)  # a network that ignores its input
+    x = torch.rand(3, 3, 4, 4) * 2 - 1
+    f, raw = consistency_fn(net, x, x, torch.full((3,), 0.003), None, cfg)
+    assert torch.equal(f, x) and torch.all(raw == 0.7)
+    f_off, _ = consistency_fn(net, x, x, torch.full((3,), 0.003), None, LossConfig(query_skip=False))
+    assert torch.all(f_off == 0.7)  # without it the boundary rests on the loss alone

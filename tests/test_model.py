@@ -1,6 +1,7 @@
 """Hyper-network, image INR and their training signal: identities at init, LAL, any-resolution rendering,
 gradient flow through every loss term, and a tiny model overfitting one batch."""
 import copy
+import math
 
 import pytest
 import torch
@@ -178,3 +179,42 @@ def test_tiny_model_overfits_one_batch():
             if best > 25:
                 break
     assert best > 25, f"PSNR only reached {best:.2f} dB"
+
+
+def roughness_in_t(model, t):
+    """Total variation of the output along a sweep of the time label (input held fixed) over its end-to-end change."""
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = torch.cat([model.encode(x, torch.log(ti).view(1) / 4) for ti in t]).flatten(1)  # (len(t), K * C)
+    return ((out[1:] - out[:-1]).norm(dim=1).sum() / (out[-1] - out[0]).norm()).item()
+
+
+@pytest.mark.parametrize('kind,scale,smooth', [('positional', 1.0, True), ('fourier', 1.0, True),
+                                               ('positional', 1000.0, False)])
+def test_output_is_smooth_in_t_at_initialisation(kind, scale, smooth):
+    """Consistency training asks f(x, t) to change little between neighbouring t: with the input fixed, a fine sweep
+    of t over the generation range [10, 80] and over the whole range must move the untrained network's output along
+    a near-straight path (total variation within 3x the end-to-end change). DiT's integer-step ladder fed 1000 c_noise
+    (the ablation) fails the same test by far."""
+    torch.manual_seed(0)
+    m = build_model('tiny', 32, 4, 32.0, time_embed=kind, time_scale=scale)
+    for block in m.hyper.encoder:  # leave the zero init so the time embedding reaches the encoder too
+        torch.nn.init.normal_(block.ada[-1].weight, std=0.05)
+    for t in (torch.linspace(10, 80, 300), torch.logspace(math.log10(0.003), math.log10(80), 300)):
+        ratio = roughness_in_t(m, t)
+        assert (ratio < 3) if smooth else (ratio > 20), (kind, scale, ratio)
+
+
+def test_pixel_head_puts_each_token_on_its_own_patch():
+    """--inr pixels: token (i, j) of the 8 x 8 grid draws exactly pixels [4i, 4i+4) x [4j, 4j+4), and off the
+    training grid the render is the bilinear resize of that image."""
+    m = build_model('tiny', 32, 4, 32.0, inr='pixels')
+    beta = torch.randn(1, 64, 64, requires_grad=True)
+    img = m.inr.render(beta, make_grid(32, 32))
+    assert img.shape == (1, 3, 32, 32)
+    for k, (r, c) in enumerate([(0, 0), (13, 5), (31, 30)]):
+        g, = torch.autograd.grad(img[0, k, r, c], beta, retain_graph=True)
+        touched = g.abs().sum(-1).flatten().nonzero().flatten().tolist()
+        assert touched == [(r // 4) * 8 + c // 4], (r, c, touched)
+    big = m.inr.render(beta, make_grid(64, 64))
+    assert torch.allclose(big, F.interpolate(img, size=(64, 64), mode='bilinear', align_corners=False), atol=1e-6)

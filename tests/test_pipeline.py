@@ -195,38 +195,45 @@ def test_generate_shapes_at_several_resolutions(trained_ckpt, steps):
     assert torch.allclose(a[1], b[0], atol=1e-5)
 
 
-def tiny_image(query_skip):
-    """An untrained model of the default config, with or without the query skip, and its loss config."""
+def tiny_image(query_skip, boundary_sigma=0.0):
+    """An untrained model of the default config, with or without the query skip (and the boundary skip), and its
+    loss config."""
     from model import build_from_config
-    cfg = train.parse_config(['--query_skip', str(query_skip)])
+    cfg = train.parse_config(['--query_skip', str(query_skip), '--boundary_sigma', str(boundary_sigma)])
     torch.manual_seed(0)
     return build_from_config(cfg).eval(), cfg, train.loss_config(cfg)
 
 
-@pytest.mark.parametrize('query_skip', [True, False])
-def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip):
+@pytest.mark.parametrize('query_skip,boundary_sigma', [(True, 0.0), (False, 0.0), (False, 0.02)])
+def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip, boundary_sigma):
     """The encoder runs at t = 80, then at t_mid on the 1-step image under fresh noise. Under Eq. 12 f(x, t_mid)
     keeps 27% of that noisy image, so the INR rendered off the grid is the grid image re-encoded at t_min (a third
-    pass); without the query skip f(x, t_mid) is the render of the step-2 tokens, which is that INR (2 passes)."""
+    pass); without the query skip f(x, t_mid) is c_out(t_mid) times the render of the step-2 tokens, which is that
+    INR (2 passes; c_out = 1, or 1 - 6e-4 with the boundary skip)."""
     import math
     import sample
     from inr import make_grid
-    model, _, lcfg = tiny_image(query_skip)
+    from losses import c_out
+    model, _, lcfg = tiny_image(query_skip, boundary_sigma)
     calls, encode = [], model.encode
     model.encode = lambda x, c, q=None: calls.append((c, encode(x, c, q))) or calls[-1][1]
     grid_img, big = sample.generate(model, [3, 4], 2, lcfg, 48)
     model.encode = encode
     times = [math.exp(4 * c[0].item()) for c, _ in calls]
     assert times == pytest.approx([80.0, 0.821] + ([lcfg.t_min] if query_skip else []), rel=1e-5)
-    assert torch.equal(big, model.inr.render(calls[-1][1], make_grid(48, 48), 4096))
+    scale = 1.0 if query_skip else c_out(torch.tensor(0.821), lcfg).item()
+    assert torch.allclose(big, scale * model.inr.render(calls[-1][1], make_grid(48, 48), 4096), rtol=0, atol=1e-6)
     on_grid = model.inr.render(calls[1][1], make_grid(32, 32), 4096)
-    assert torch.equal(grid_img, on_grid) != query_skip  # c_skip(t_mid) of the noisy image only under Eq. 12
+    if boundary_sigma == 0:  # c_skip(t_mid) of the noisy image only under Eq. 12
+        assert torch.equal(grid_img, on_grid) != query_skip
+    else:  # the boundary skip lets under one 8-bit level of it in
+        assert 0 < (grid_img - on_grid).abs().max() < 1 / 255
     assert big.shape == (2, 3, 48, 48) and grid_img.shape == (2, 3, 32, 32)
 
 
 def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_path):
-    """sample.py --denoise: at t_min f is the noisy input itself under Eq. 12 (shifted c_skip = 1), the render
-    alone without the query skip; the noisy input's PSNR falls with t as -20 log10(t) + const."""
+    """sample.py --denoise: at t_min f is the noisy input itself under Eq. 12 (shifted c_skip = 1) and with the
+    boundary skip, the render alone without either; the noisy input's PSNR falls with t as -20 log10(t) + const."""
     import sample
     js = str(tmp_path / 'd.json')
     r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--denoise', '--limit', '8', '--json', js])
@@ -235,10 +242,10 @@ def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_p
     assert out['n_images'] == 8 and [row['t'] for row in out['by_t']] == [0.01, 0.0865, 0.3, 0.821, 2.0, 10.0, 80.0]
     noisy = [row['psnr_noisy'] for row in out['by_t']]
     assert noisy[0] - noisy[1] == pytest.approx(20 * np.log10(8.65), abs=0.5)  # no clipping yet at these t
-    for skip in (True, False):
-        model, cfg, lcfg = tiny_image(skip)
+    for skip, boundary in ((True, 0.0), (False, 0.0), (False, 0.02)):
+        model, cfg, lcfg = tiny_image(skip, boundary)
         row, = sample.evaluate_denoising(model, cfg, lcfg, ts=(0.003,), limit=8)['by_t']
-        assert (row['psnr_f'] == row['psnr_noisy']) == skip
+        assert (row['psnr_f'] == row['psnr_noisy']) == (skip or boundary > 0)
 
 
 def test_sample_cli_writes_png_and_npz(trained_ckpt, tmp_path):
