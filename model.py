@@ -65,37 +65,31 @@ def sincos_2d_table(dim, grid):
     return torch.cat(parts, dim=1).float()  # (grid*grid, dim)
 
 
-def timestep_embedding(c_noise, dim, scale=1.0, max_period=10000):
-    """Sinusoidal features of scale * c_noise, frequencies 1 .. 1/max_period (EDM's positional embedding).
-
-    c_noise = ln(t)/4 spans about [-1.5, 1.1]; with scale 1 the top frequency turns less than a radian over
-    the whole noise range, so f is smooth in t, which consistency training needs (iCT). DiT's ladder was made
-    for integer steps 0..1000: scale 1000 makes the features oscillate many times between neighbouring t.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=c_noise.device) / half)
-    args = scale * c_noise.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
 class TimeEmbedder(nn.Module):
-    """c_noise -> (B, D) conditioning vector: sinusoidal features (positional or Fourier), then an MLP (DiT)."""
+    """c_noise -> (B, D): [cos, sin](c_noise * frequencies), then an MLP (DiT's TimestepEmbedder).
+
+    'positional' (EDM, ECT): frequencies scale * 10000^(-k/half), k = 0..half-1. c_noise = ln(t)/4 spans about
+    [-1.5, 1.1], so at scale 1 the top feature turns 2.6 radians over the whole noise range and f can be smooth
+    in t, which consistency training needs (iCT). Scale 1000 is DiT's ladder for integer steps 0..1000: its
+    features oscillate many times between neighbouring t. 'fourier' (iCT): fixed random frequencies ~ N(0, scale^2).
+    """
 
     def __init__(self, dim, freq_dim=256, kind='positional', scale=1.0):
         super().__init__()
-        if kind not in ('positional', 'fourier'):
+        half = freq_dim // 2
+        if kind == 'positional':
+            freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
+        elif kind == 'fourier':  # the same in every run (seed 0), so checkpoints need not carry them
+            freqs = torch.randn(half, generator=torch.Generator().manual_seed(0))
+        else:
             raise ValueError(f"time_embed must be 'positional' or 'fourier', got {kind!r}")
-        self.freq_dim, self.kind, self.scale = freq_dim, kind, scale
-        # iCT's Fourier features: fixed random frequencies ~ N(0, scale^2), the same in every run (seed 0)
-        self.register_buffer('freqs', torch.randn(freq_dim // 2, generator=torch.Generator().manual_seed(0)) * scale,
-                             persistent=False)
+        self.scale = scale
+        self.register_buffer('freqs', freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, c_noise):
-        if self.kind == 'fourier':
-            args = c_noise.float()[:, None] * self.freqs[None]
-            return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
-        return self.mlp(timestep_embedding(c_noise, self.freq_dim, self.scale))
+        args = self.scale * c_noise.float()[:, None] * self.freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
 class Attention(nn.Module):
