@@ -5,7 +5,7 @@
     python fid.py samples.npz reference.npz                              # two sample sets / cached stats
     python fid.py --ckpt out3d/ckpt.pt --features pixels                 # NeRF: the mNIF protocol (below)
 
-NeRF checkpoints (mNIF protocol, SPEC section 7): one object generated per test scene, rendered at all of that
+NeRF checkpoints (mNIF protocol): one object generated per test scene, rendered at all of that
 scene's poses, against every view of every test scene (SRN Cars: 704 x 251 images on each side).
 
 InceptionV3 below has exactly the state-dict of the FID Inception weights file that pytorch-fid loads

@@ -143,6 +143,6 @@ def to_uint8(images):
 
 
 def psnr(a, b):
-    """Per-image PSNR in dB of two [-1, 1] image batches, measured on [0, 1] RGB (SPEC section 7)."""
+    """Per-image PSNR in dB of two [-1, 1] image batches, measured on [0, 1] RGB."""
     mse = (((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).flatten(1).mean(1)
     return -10 * torch.log10(mse.clamp(min=1e-10))

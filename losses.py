@@ -35,7 +35,7 @@ class LossConfig:
     boundary_sigma: float = 0.0 # query_skip False: > 0 keeps a narrow skip so f(x, t_min) = x exactly (c_skip)
 
 
-# --- preconditioning (SPEC section 2) ---------------------------------------------------------------
+# --- preconditioning (EDM / ECT form) --------------------------------------------------------------
 def c_skip(t, cfg):
     if not cfg.query_skip:  # f = the render alone (consistency_fn), or with a skip that only acts near t_min
         b = cfg.boundary_sigma
@@ -81,7 +81,7 @@ def consistency_fn(net, support_t, query_t, t, query, cfg):
     return bcast(c_skip(t, cfg), raw) * query_t + bcast(c_out(t, cfg), raw) * raw, raw
 
 
-# --- time schedule (SPEC section 3) -----------------------------------------------------------------
+# --- time schedule (ECT continuous time) -------------------------------------------------------------
 def ect_stage(step, cfg):
     """0 during warm-up and the stage0_iters after it, then 1 + floor(steps since / d), capped at max_stage."""
     s = step - cfg.warmup_iters - (cfg.stage0_iters or cfg.d)

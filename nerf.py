@@ -170,7 +170,7 @@ class NeRFINR(nn.Module):
 
 
 def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device, support_view=None):
-    """One support view and `rays_per_object` random rays of another view per scene (SPEC section 7).
+    """One support view and `rays_per_object` random rays of another view per scene.
 
     -> {'support': rgb (B, 1, 3, H, W), 'target': (B, R, 3), 'query': rays and stratification offsets}, all
     in [-1, 1] data space; noise is added to rgb only, never to the ray geometry.

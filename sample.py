@@ -6,7 +6,7 @@
     python sample.py --ckpt out3d/ckpt.pt --npz gen.npz    # NeRF: one generated object per test scene at its poses
     python sample.py --ckpt out3d/ckpt.pt --steps 2 --resolution 64 --out orbit.png   # NeRF: 2-step orbits at 64^2
 
-Generated INRs (SPEC section 6): 1 step, beta = G(c_in(T) T z, T) and the INR is c_out(T) M_beta (c_skip(T) x_T
+Generated INRs: 1 step, beta = G(c_in(T) T z, T) and the INR is c_out(T) M_beta (c_skip(T) x_T
 has std ~0.003 and has no continuous form); 2 steps, under Eq. 12 the grid image f(x, t_mid) mixes
 c_skip(t_mid) = 0.27 of the noisy input in, so the final image is re-encoded at t_min (one more NFE) to get a
 true INR; without the query skip (`query_skip False`, configs/shapes.py) f(x, t_mid) is M_beta itself (2 NFE).
