@@ -310,10 +310,13 @@ class Features:
     """uint8 NHWC batches -> (features, logits or None): 'inception' (pool3), 'pixels' (offline check) or
     'shapes' (ShapeFeatureNet, for the embedded default)."""
 
-    def __init__(self, kind='inception', inception='', device='cpu', cache_dir=''):
+    def __init__(self, kind='inception', inception='', device='cpu', cache_dir='', shape_net=None):
+        """shape_net: a ShapeFeatureNet to use instead of the cached one (kind 'shapes')."""
         self.kind, self.device = kind, torch.device(device)
-        self.net = (load_inception(inception, self.device) if kind == 'inception' else
-                    load_shape_net(cache_dir, self.device) if kind == 'shapes' else None)
+        if kind == 'shapes':
+            self.net = (shape_net or load_shape_net(cache_dir)).to(self.device).eval()
+        else:
+            self.net = load_inception(inception, self.device) if kind == 'inception' else None
 
     @torch.no_grad()
     def __call__(self, images_uint8):

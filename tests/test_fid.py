@@ -164,8 +164,7 @@ def test_shape_features_rank_reference_sets_in_order(tmp_path, monkeypatch):
     other real images < blurred by 1 px < {blurred by 2 px, same-colour blobs} < the mean image < noise, each
     step clearly apart. A small fast version of the cached network (fewer images and steps) is enough to rank."""
     net = fid.train_shape_net(n_images=4000, iters=600)
-    extractor = fid.Features('pixels')
-    extractor.kind, extractor.net = 'shapes', net
+    extractor = fid.Features('shapes', shape_net=net)
     rows = fid.validate_shape_metric(extractor, n=300)
     fd = {k: v['fd_shapes'] for k, v in rows.items()}
     assert fd['real (other images)'] * 3 < fd['blurred 1 px'], fd
