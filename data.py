@@ -190,7 +190,7 @@ def load_image(path, resolution):
     """Decode, centre-crop to a square, resize with antialiasing -> uint8 (R, R, 3)."""
     try:
         with Image.open(path) as im:
-            im = im.convert('RGB')
+            im = to_rgb(im)
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from e
     w, h = im.size
@@ -201,9 +201,38 @@ def load_image(path, resolution):
     return np.asarray(im, dtype=np.uint8)
 
 
+BACKGROUND = (255, 255, 255)  # transparent pixels show white, as in SRN and most rendered datasets
+
+
+def to_rgb(im):
+    """A PIL image of any mode -> 8-bit RGB: 16-bit values rescaled (not clipped), transparency composited on
+    BACKGROUND (not dropped, which would show whatever colour the transparent pixels hold)."""
+    if im.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N'):  # 16-bit grey (PNG): 0..65535
+        a = np.asarray(im).astype(np.float64)
+        return Image.fromarray(np.clip(np.round(a / 257), 0, 255).astype(np.uint8)).convert('RGB')
+    if im.mode in ('RGBA', 'LA', 'PA') or (im.mode == 'P' and 'transparency' in im.info):
+        rgba = im.convert('RGBA')
+        canvas = Image.new('RGBA', rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(canvas, rgba).convert('RGB')
+    return im.convert('RGB')
+
+
+def files_fingerprint(root):
+    """Hash of every file's relative path, size and mtime under root: changes when the data does."""
+    h = hashlib.sha1()
+    for d, dirs, names in sorted(os.walk(root)):
+        dirs.sort()
+        for n in sorted(names):
+            st = os.stat(os.path.join(d, n))
+            h.update(f'{os.path.relpath(os.path.join(d, n), root)}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
+    return h.hexdigest()[:16]
+
+
 def load_folder(files, resolution, cache_dir=None, desc='images'):
-    """Load files into (N, R, R, 3) uint8, once: a .npy cache keyed by the file list and resolution."""
-    key = hashlib.sha1(('\n'.join(map(str, files)) + f'|{resolution}').encode()).hexdigest()[:16]
+    """Load files into (N, R, R, 3) uint8, once: a .npy cache keyed by the files (name, size, mtime) and resolution."""
+    stats = [os.stat(f) for f in files]
+    key = hashlib.sha1(('\n'.join(f'{f}|{st.st_size}|{st.st_mtime_ns}' for f, st in zip(files, stats))
+                        + f'|{resolution}').encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f'{desc}_{resolution}_{key}.npy' if cache_dir else None
     if cache is not None and cache.is_file():
         return np.load(cache)
@@ -230,6 +259,8 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         return ArrayDataset(load_cifar10(data_dir, split))
     if name in ('celeba', 'folder'):
         files = list_images(data_dir)
+        if len(files) < 2:
+            raise ValueError(f"{data_dir} holds {len(files)} image; a train and a test split need at least 2")
         if name == 'celeba' and len(files) == 30000:
             n_train = 27000  # the Functa / mNIF split
         else:
@@ -260,7 +291,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
 def read_srn_pose(path):
     """pose/*.txt: 16 numbers, a row-major 4x4 OpenCV-style camera-to-world matrix -> float32 tensor (4, 4)."""
     try:
-        values = np.loadtxt(path, dtype=np.float64).reshape(-1)
+        values = np.array(Path(path).read_text().split(), dtype=np.float64)
     except Exception as e:
         raise ValueError(f"cannot read pose file {path}: {e}") from e
     if values.size != 16:
@@ -276,16 +307,21 @@ def read_srn_intrinsics(path):
         focal, cx, cy = (float(v) for v in first[:3])
     except Exception as e:
         raise ValueError(f"cannot read intrinsics {path} (expected a first line 'f cx cy 0'): {e}") from e
+    if not (np.isfinite([focal, cx, cy]).all() and focal > 0 and cx > 0 and cy > 0):
+        raise ValueError(f"intrinsics {path}: focal {focal}, cx {cx}, cy {cy}; expected positive pixels")
     return focal, cx, cy
 
 
 class SRNDataset:
-    """SRN layout: root/<scene>/{rgb/*.png, pose/*.txt, intrinsics.txt}; views are read on demand.
+    """SRN layout: root/<scene>/{rgb/*.png, pose/*.txt, intrinsics.txt}. Every scene's poses, intrinsics and views
+    are checked when the dataset opens (text files only), so bad data stops a run before it starts, not mid-run;
+    the images are decoded on demand.
 
     get(scene, views) -> (uint8 images (V, R, R, 3), OpenGL poses (V, 4, 4), (f, cx, cy) at resolution R).
     """
 
     def __init__(self, root, resolution):
+        from nerf import check_pose, srn_to_opengl
         self.root, self.resolution = Path(root), resolution
         if not self.root.is_dir():
             raise FileNotFoundError(f"SRN folder {self.root} does not exist; expected "
@@ -293,41 +329,44 @@ class SRNDataset:
         self.scenes = sorted(p for p in self.root.iterdir() if (p / 'rgb').is_dir())
         if not self.scenes:
             raise FileNotFoundError(f"no scenes with an rgb/ folder under {self.root}")
-        self.views = []
-        for s in self.scenes:
+        self.views, self.poses, self.intrinsics = [], [], []
+        for s in tqdm(self.scenes, desc=f'checking {self.root.name}', leave=False, disable=len(self.scenes) < 200):
             rgb = sorted((s / 'rgb').glob('*.png'))
+            if not rgb:
+                raise ValueError(f"{s / 'rgb'}/ holds no .png views; remove the scene or restore its images")
+            poses = []
             for f in rgb:
-                if not (s / 'pose' / f'{f.stem}.txt').is_file():
-                    raise FileNotFoundError(f"{s / 'pose' / (f.stem + '.txt')} is missing (every rgb/*.png needs "
-                                            f"its pose/*.txt)")
+                pose_file = s / 'pose' / f'{f.stem}.txt'
+                if not pose_file.is_file():
+                    raise FileNotFoundError(f"{pose_file} is missing (every rgb/*.png needs its pose/*.txt)")
+                pose = srn_to_opengl(read_srn_pose(pose_file))
+                check_pose(pose, str(pose_file))
+                poses.append(pose)
             if not (s / 'intrinsics.txt').is_file():
                 raise FileNotFoundError(f"{s / 'intrinsics.txt'} is missing")
             self.views.append(rgb)
+            self.poses.append(torch.stack(poses))
+            self.intrinsics.append(read_srn_intrinsics(s / 'intrinsics.txt'))
 
     def __len__(self):
         return len(self.scenes)
 
     def get(self, scene, views):
-        from nerf import check_pose, srn_to_opengl
-        s = self.scenes[scene]
-        images, poses = [], []
+        images = []
         for v in views:
             f = self.views[scene][v]
             try:
                 with Image.open(f) as im:
-                    im = im.convert('RGB')
+                    im = to_rgb(im)
             except Exception as e:
                 raise ValueError(f"cannot read image {f}: {e}") from e
             if im.size != (self.resolution, self.resolution):
                 raise ValueError(f"{f} is {im.size[0]}x{im.size[1]}, expected {self.resolution}x{self.resolution} "
                                  f"(set --resolution to the dataset's size)")
             images.append(np.asarray(im, dtype=np.uint8))
-            pose = srn_to_opengl(read_srn_pose(s / 'pose' / f'{f.stem}.txt'))
-            check_pose(pose, str(s / 'pose' / f'{f.stem}.txt'))
-            poses.append(pose)
-        focal, cx, cy = read_srn_intrinsics(s / 'intrinsics.txt')
+        focal, cx, cy = self.intrinsics[scene]
         scale = self.resolution / (2 * cx)  # intrinsics may be stored for another image size
-        return torch.from_numpy(np.stack(images)), torch.stack(poses), (focal * scale, cx * scale, cy * scale)
+        return torch.from_numpy(np.stack(images)), self.poses[scene][list(views)], (focal * scale, cx * scale, cy * scale)
 
 
 # --- shapes3d: the offline multi-view default, written in the SRN layout --------------------------------------

@@ -13,6 +13,7 @@ InceptionV3 below has exactly the state-dict of the FID Inception weights file t
 unchanged and gives the same features; tests/test_fid.py proves it on the recipe-weight test vectors.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -195,7 +196,12 @@ def inception_path(path=''):
 
 def load_inception(path='', device='cpu'):
     net = InceptionV3()
-    state = torch.load(inception_path(path), map_location='cpu', weights_only=True)
+    path = inception_path(path)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a PyTorch file ({type(e).__name__}: {str(e)[:200]}); pass the "
+                         f"{FID_WEIGHTS} state dict with --inception") from None
     missing, unexpected = net.load_state_dict(state, strict=False)
     # old-format files carry no BatchNorm num_batches_tracked counters; they are unused in eval mode
     if unexpected or any(not k.endswith('num_batches_tracked') for k in missing):
@@ -315,8 +321,13 @@ class Features:
         self.kind, self.device = kind, torch.device(device)
         if kind == 'shapes':
             self.net = (shape_net or load_shape_net(cache_dir)).to(self.device).eval()
+            self.fingerprint = 'shape_features_v1' if shape_net is None else weights_hash(shape_net)
+        elif kind == 'inception':
+            self.net = load_inception(inception, self.device)
+            w = os.stat(inception_path(inception))
+            self.fingerprint = f'{FID_WEIGHTS}|{w.st_size}|{w.st_mtime_ns}'
         else:
-            self.net = load_inception(inception, self.device) if kind == 'inception' else None
+            self.net, self.fingerprint = None, 'pixels16'
 
     @torch.no_grad()
     def __call__(self, images_uint8):
@@ -361,9 +372,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
 
 
 def statistics(features):
-    if len(features) < 2048:
-        warnings.warn(f"FID from {len(features)} samples (< 2048): the covariance is rank-deficient and the "
-                      f"value is biased upward; papers use 50,000")
+    n, dim = features.shape
+    if n < 2:
+        raise ValueError(f"a Frechet distance needs at least 2 samples, got {n} (a covariance of fewer is undefined); "
+                         f"pass more samples (--n)")
+    if n < dim:
+        warnings.warn(f"fewer samples ({n}) than feature dimensions ({dim}): the covariance is singular and the "
+                      f"distance biased upward; papers use 50,000")
     return features.mean(0), np.cov(features, rowvar=False)
 
 
@@ -425,7 +440,7 @@ def reference_stats(cfg, split, extractor, n_pr, cache_dir):
     cache_dir = str(cache_root(cache_dir))
     nerf = cfg['dataset'] in NERF_DATASETS
     split = 'test' if nerf else split
-    name = f"ref_{cfg['dataset']}_{split}_{cfg['resolution']}_{extractor.kind}.npz"
+    name = f"ref_{cfg['dataset']}_{split}_{cfg['resolution']}_{extractor.kind}_{reference_key(cfg, split, extractor)}.npz"
     path = os.path.join(cache_dir, name)
     if os.path.isfile(path):
         d = np.load(path)
@@ -448,7 +463,26 @@ def reference_stats(cfg, split, extractor, n_pr, cache_dir):
     return mu, sigma, sub
 
 
-def sample_features(ckpt, n, steps, seed, batch, extractor, device):
+def reference_key(cfg, split, extractor):
+    """What defines a reference set: the data (its resolved folder and every file's name, size and mtime), the
+    split's parameters and the feature extractor. Another folder, copy or edit of the data gets its own cache."""
+    from data import files_fingerprint
+    data_dir = os.path.realpath(os.path.expanduser(cfg['data_dir'])) if cfg['data_dir'] else ''
+    key = dict(dataset=cfg['dataset'], split=split, resolution=cfg['resolution'], data_dir=data_dir,
+               seed=cfg['seed'], test_fraction=cfg['test_fraction'], features=extractor.fingerprint,
+               files=files_fingerprint(data_dir) if data_dir else '')
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def weights_hash(net):
+    h = hashlib.sha1()
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample_features(ckpt, n, steps, seed, batch, extractor, device, ode=0):
     """Features (and logits) of n generated images with per-image seeds, streamed batch by batch, and the
     images/s of the generator alone (feature extraction not counted).
 
@@ -461,11 +495,14 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device):
     model, cfg, _ = sample.load_model(ckpt, 'ema', device)
     lcfg = loss_config(cfg)
     if cfg['dataset'] in NERF_DATASETS:
+        if ode:
+            raise ValueError('--ode takes an image checkpoint; NeRF samples use --steps 1 or 2')
         chunks = sample.nerf_fid_samples(model, cfg, lcfg, seed, n, steps)
     else:
         def generated():
-            for i in tqdm(range(0, n, batch), desc=f'{steps}-step samples'):
-                img, _ = sample.generate(model, [seed * 1_000_003 + j for j in range(i, min(i + batch, n))], steps, lcfg)
+            for i in tqdm(range(0, n, batch), desc=f'{ode}-step ODE samples' if ode else f'{steps}-step samples'):
+                seeds = [seed * 1_000_003 + j for j in range(i, min(i + batch, n))]
+                img = sample.generate_ode(model, seeds, ode, lcfg) if ode else sample.generate(model, seeds, steps, lcfg)[0]
                 yield to_uint8(img).cpu().numpy()
         chunks = generated()
     feats, logits, seconds, count = [], [], 0.0, 0
@@ -494,8 +531,8 @@ def evaluate(feats, logits, real_mu, real_sigma, real_feats, kind):
     out = {fd_name(kind): frechet_distance(mu, sigma, real_mu, real_sigma)}
     if logits is not None:
         out['is'], out['is_std'] = inception_score(logits)
-    if real_feats is not None:
-        m = min(len(real_feats), len(feats))
+    m = min(len(real_feats), len(feats)) if real_feats is not None else 0
+    if m > 3:  # k-NN radii with k = 3 need 4 points a side
         out['precision'], out['recall'], out['f1'] = precision_recall(real_feats[:m], feats[:m])
     return out
 
@@ -506,6 +543,7 @@ def main(argv):
     p.add_argument('--ckpt', default='')
     p.add_argument('--n', type=int, default=50000, help='samples (NeRF: test scenes, each at all its poses)')
     p.add_argument('--steps', type=int, default=1, choices=(1, 2))
+    p.add_argument('--ode', type=int, default=0, help='images: score n-step ODE samples instead (sample.py --ode)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--batch', type=int, default=500)
     p.add_argument('--ref', default='train', choices=('train', 'test'), help='reference split (paper: train)')
@@ -539,18 +577,18 @@ def main(argv):
                 f, _ = features_of(load_npz_images(path), extractor, desc=os.path.basename(path))
                 stats.append((*statistics(f), f[:a.pr_n]))
         out = {fd_name(a.features): frechet_distance(*stats[0][:2], *stats[1][:2])}
-        if stats[0][2] is not None and stats[1][2] is not None:
-            m = min(len(stats[0][2]), len(stats[1][2]))
+        m = min(len(stats[0][2]), len(stats[1][2])) if stats[0][2] is not None and stats[1][2] is not None else 0
+        if m > 3:
             out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
     elif a.ckpt:
-        feats, logits, rate, cfg = sample_features(a.ckpt, a.n, a.steps, a.seed, a.batch, extractor, dev)
+        feats, logits, rate, cfg = sample_features(a.ckpt, a.n, a.steps, a.seed, a.batch, extractor, dev, a.ode)
         mu, sigma, real = reference_stats(cfg, a.ref, extractor, a.pr_n, a.cache_dir)
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
         import sample
         from model import NERF_DATASETS
         from train import loss_config
         nerf = cfg['dataset'] in NERF_DATASETS
-        nfe = a.steps + int(nerf and sample.reencodes(a.steps, loss_config(cfg)))  # images: on the grid, no re-encode
+        nfe = a.ode or a.steps + int(nerf and sample.reencodes(a.steps, loss_config(cfg)))  # images: no re-encode
         out.update(n=len(feats), nfe=nfe, samples_per_s=rate, ref='test, all views (mNIF)' if nerf else a.ref,
                    features=a.features, ckpt=a.ckpt)
     else:

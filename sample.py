@@ -91,6 +91,34 @@ def generate(model, seeds, steps, lcfg, resolution=None, chunk=4096):
     return image, c_out(t, lcfg)[:, None, None, None] * model.inr.render(beta, big, chunk)
 
 
+def karras_times(n, t_max=T_MAX, t_min=0.002, rho=7.0):
+    """EDM's n noise levels from t_max to t_min (denser near t_min), then 0."""
+    i = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    t = (t_max ** (1 / rho) + i * (t_min ** (1 / rho) - t_max ** (1 / rho))) ** rho
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64)]).tolist()
+
+
+def ode_sample(denoise, x, times):
+    """Euler steps of the probability-flow ODE dx/dt = (x - D(x, t)) / t from times[0] to times[-1]."""
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = x + (t_next - t) * (x - denoise(x, t)) / t
+    return x
+
+
+@torch.no_grad()
+def generate_ode(model, seeds, n_steps, lcfg):
+    """A diagnostic, not the method: n_steps of the ODE with the consistency function as the denoiser. After a
+    stage-0 run (r = 0, f fits the clean image at every t) this is plain diffusion sampling: the ceiling that
+    1- and 2-step consistency samples of the same network can at best reach."""
+    dev = next(model.parameters()).device
+    R = model.inr.resolution
+    grid = make_grid(R, R, dev)
+
+    def denoise(x, t):
+        return consistency_fn(model, x, x, t_full(t, len(x), dev), grid, lcfg)[0]
+    return ode_sample(denoise, T_MAX * per_image_noise(seeds, (3, R, R), dev), karras_times(n_steps))
+
+
 @torch.no_grad()
 def write_progress(model, test_images, lcfg, out_dir):
     """During training: 1- and 2-step sample grids and a reconstruction grid; returns the test PSNR."""
@@ -130,6 +158,10 @@ def load_model(path, weights='ema', device='cpu'):
     model = build_from_config(cfg)
     if weights == 'ema' and ckpt['step'] <= cfg['warmup_iters']:
         weights = 'model'  # the EMA starts when warm-up ends: before that it is the initial weights
+    bad = [k for k, v in ckpt[weights].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: the {weights} weights hold non-finite values ({', '.join(bad[:3])}); the run "
+                         f"diverged before this checkpoint was written. Use an earlier checkpoint")
     model.load_state_dict(ckpt[weights])
     return model.to(device).eval(), cfg, ckpt['step']
 
@@ -344,6 +376,9 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--ckpt', required=True)
     p.add_argument('--steps', type=int, default=1, choices=(1, 2))
+    p.add_argument('--ode', type=int, default=0,
+                   help='images: sample with this many Euler steps of the ODE instead (a diagnostic: the ceiling '
+                        'of the denoiser behind f)')
     p.add_argument('--n', type=int, default=64)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resolution', type=int, default=0, help='render the generated INRs at this size (0 = training)')
@@ -372,8 +407,8 @@ def main(argv):
     lcfg = loss_config(cfg)
     from model import NERF_DATASETS
     if cfg['dataset'] in NERF_DATASETS:
-        if a.denoise:
-            p.error('--denoise takes an image checkpoint; for a NeRF use --encode')
+        if a.denoise or a.ode:
+            p.error('--denoise and --ode take an image checkpoint; for a NeRF use --encode or --steps')
         if a.encode:
             out = evaluate_nerf_encoding(model, cfg, lcfg, a.support_view, a.limit, a.out.replace('.png', '_encode.png'),
                                          a.split)
@@ -398,14 +433,17 @@ def main(argv):
         print(json.dumps(write_json(out, a, step), indent=1))
         return
     res = a.resolution or cfg['resolution']
+    if a.ode and res != cfg['resolution']:
+        p.error('--ode samples on the training grid; leave --resolution out')
+    how = f'{a.ode}-step ODE' if a.ode else f'{a.steps}-step'
     images = []
-    for i in tqdm(range(0, a.n, a.batch), desc=f'{a.steps}-step sampling'):
+    for i in tqdm(range(0, a.n, a.batch), desc=f'{how} sampling'):
         seeds = [a.seed * 1_000_003 + j for j in range(i, min(i + a.batch, a.n))]
-        _, inr_images = generate(model, seeds, a.steps, lcfg, res)
+        inr_images = generate_ode(model, seeds, a.ode, lcfg) if a.ode else generate(model, seeds, a.steps, lcfg, res)[1]
         images.append(to_uint8(inr_images).cpu())
     images = torch.cat(images)
     save_grid(images[:256], a.out)
-    print(f"wrote {a.out} ({min(a.n, 256)} of {a.n} samples at {res}x{res}, {a.steps} step(s), step-{step} {a.weights})")
+    print(f"wrote {a.out} ({min(a.n, 256)} of {a.n} samples at {res}x{res}, {how}, step-{step} {a.weights})")
     if a.npz:
         np.savez(a.npz, samples=images.numpy())
         print(f"wrote {a.npz}: samples {tuple(images.shape)} uint8")

@@ -7,10 +7,13 @@
 
 Every schedule (ETS phase, ECT stage, EMA, data order, noise) is a pure function of the step.
 """
+import atexit
 import copy
 from contextlib import nullcontext
 import difflib
+import glob
 import json
+import math
 import os
 import resource
 import signal
@@ -71,7 +74,9 @@ lambda_diff = 1.0
 seed = 0
 out_dir = 'out'
 resume = False
+overwrite = False         # start over in an out_dir that holds a checkpoint (it and log.jsonl are replaced)
 max_minutes = 0.0         # wall-clock budget (0 = none); a checkpoint is written on exit
+nonfinite_limit = 20      # stop after this many non-finite steps in a row (each is skipped; no checkpoint of it)
 log_interval = 50
 sample_interval = 250     # sample/reconstruction grids and test PSNR
 ckpt_interval = 250
@@ -80,6 +85,7 @@ compile = False           # torch.compile the model (GPU)
 dry_run = False           # build everything, print the config and parameter count, exit
 # -----------------------------------------------------------------------------
 # architecture keys: a checkpoint can only be resumed or sampled with the same values
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'time_embed', 'time_scale')
 
 
@@ -125,21 +131,73 @@ def parse_config(argv):
         pairs.append((key, val))
         i += 1
     name = dict(pairs).get('config') or dict(pairs).get('dataset', cfg['dataset'])
-    preset_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', f'{name}.py')
+    preset_file = os.path.join(CONFIG_DIR, f'{name}.py')
     if dict(pairs).get('config') and not os.path.isfile(preset_file):
         raise ValueError(f"--config {name}: no preset file {preset_file}")
     if os.path.isfile(preset_file):
         scope = {}
-        exec(open(preset_file).read(), scope)
+        exec(open(preset_file).read(), scope)  # our own preset files, never data
         for k, v in scope.items():
             if k.startswith('_'):
                 continue
             if k not in cfg:
                 raise ValueError(f"{preset_file} sets unknown key {k!r}")
-            cfg[k] = type(cfg[k])(v) if not isinstance(cfg[k], bool) else bool(v)
+            cfg[k] = preset_value(preset_file, k, v, cfg[k])
     for key, val in pairs:
         cfg[key] = parse_value(key, val, cfg[key])
+    check_config(cfg)
     return cfg
+
+
+def preset_value(path, key, value, default):
+    """A preset's value with its default's type; refuse what would be coerced silently ('False' -> True)."""
+    kind = type(default).__name__
+    ok = {bool: lambda v: type(v) is bool,
+          int: lambda v: type(v) is int or (type(v) is float and v.is_integer()),
+          float: lambda v: type(v) in (int, float),
+          str: lambda v: type(v) is str}[type(default)]
+    if not ok(value):
+        raise ValueError(f"{path}: {key} = {value!r} must be a{'n' if kind == 'int' else ''} {kind} "
+                         f"like its default {default!r}")
+    return type(default)(value)
+
+
+DATASETS = ('shapes', 'cifar10', 'celeba', 'folder', 'shapes3d', 'srn_cars')
+CHOICES = {'dataset': DATASETS, 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
+           'weighting': ('inv_dt', 'ect', 'uniform'), 'device': ('auto', 'cpu', 'cuda')}
+POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'ect_d', 'log_interval',
+                 'sample_interval', 'ckpt_interval', 'nonfinite_limit')
+NON_NEGATIVE = ('micro_batch', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full', 'grad_clip',
+                'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff', 'max_minutes')
+POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
+UNIT_INTERVAL = ('ema_decay', 'teacher_ema', 'dropout')  # [0, 1)
+
+
+def check_config(cfg):
+    """Every value a run cannot use, all reported at once, before anything is built or read."""
+    from model import INRCT_models
+    bad = []
+    for k, choices in {**CHOICES, 'preset': tuple(INRCT_models)}.items():
+        if cfg[k] not in choices:
+            bad.append(f"--{k} {cfg[k]!r} is not one of {', '.join(choices)}")
+    bad += [f"--{k} must be a positive integer, got {cfg[k]}" for k in POSITIVE_INTS if cfg[k] < 1]
+    bad += [f"--{k} must be >= 0, got {cfg[k]}" for k in NON_NEGATIVE if not cfg[k] >= 0]
+    bad += [f"--{k} must be > 0, got {cfg[k]}" for k in POSITIVE if not cfg[k] > 0]
+    bad += [f"--{k} must be in [0, 1), got {cfg[k]}" for k in UNIT_INTERVAL if not 0 <= cfg[k] < 1]
+    if not 0 < cfg['test_fraction'] < 1:
+        bad.append(f"--test_fraction must be in (0, 1), got {cfg['test_fraction']}")
+    if cfg['near'] >= cfg['far']:
+        bad.append(f"--near {cfg['near']} must be below --far {cfg['far']}")
+    if cfg['resolution'] >= 1 and cfg['patch'] >= 1 and cfg['resolution'] % cfg['patch']:
+        bad.append(f"--resolution {cfg['resolution']} must be a multiple of --patch {cfg['patch']}")
+    if cfg['micro_batch'] > cfg['batch_size']:
+        bad.append(f"--micro_batch {cfg['micro_batch']} is larger than --batch_size {cfg['batch_size']}")
+    if cfg['device'] == 'cuda' and not torch.cuda.is_available():
+        bad.append(f"--device cuda: no CUDA device is visible (torch {torch.__version__}); use --device cpu or auto")
+    if cfg['resume'] and cfg['overwrite']:
+        bad.append("--resume and --overwrite exclude each other: continue the checkpoint, or start over")
+    if bad:
+        raise ValueError('bad options:\n  ' + '\n  '.join(bad))
 
 
 def loss_config(cfg):
@@ -185,7 +243,13 @@ def load_checkpoint(path, cfg=None):
     """Load a checkpoint on CPU; with cfg, refuse one whose architecture keys differ."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py) or fix --out_dir/--ckpt")
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); pass the ckpt.pt "
+                         f"that train.py writes") from None
+    if not isinstance(ckpt, dict) or 'config' not in ckpt:
+        raise ValueError(f"{path} is a torch file but not a train.py checkpoint (no 'config' entry)")
     if cfg is not None:
         diff = {k: (ckpt['config'].get(k), cfg[k]) for k in ARCH_KEYS if ckpt['config'].get(k) != cfg[k]}
         if diff:
@@ -210,6 +274,13 @@ def main(argv):
                                int(os.environ['LOCAL_RANK'])) if ddp else (0, 1, 0)
     use_cuda = cfg['device'] == 'cuda' or (cfg['device'] == 'auto' and torch.cuda.is_available())
     dev = torch.device(f'cuda:{local_rank}' if use_cuda else 'cpu')
+    per_rank = cfg['batch_size'] // world
+    if per_rank * world != cfg['batch_size']:
+        raise ValueError(f"--batch_size {cfg['batch_size']} must be a multiple of the {world} processes")
+    micro = cfg['micro_batch'] or per_rank
+    accum = per_rank // micro
+    if accum * micro != per_rank:
+        raise ValueError(f"the per-process batch {per_rank} must be a multiple of --micro_batch {micro}")
     if use_cuda:
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -217,11 +288,6 @@ def main(argv):
     if ddp:
         dist.init_process_group('nccl' if use_cuda else 'gloo')
     master = rank == 0
-    per_rank = cfg['batch_size'] // world
-    assert per_rank * world == cfg['batch_size'], f"batch_size {cfg['batch_size']} must divide by {world} processes"
-    micro = cfg['micro_batch'] or per_rank
-    accum = per_rank // micro
-    assert accum * micro == per_rank, f"per-process batch {per_rank} must divide by micro_batch {micro}"
     autocast = torch.autocast('cuda', dtype=torch.bfloat16) if use_cuda else torch.autocast('cpu', enabled=False)
 
     # --- model, optimiser, EMA, data ---
@@ -245,6 +311,8 @@ def main(argv):
 
     step = 0
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    if master:
+        claim_out_dir(cfg)
     if cfg['resume']:
         ckpt = load_checkpoint(ckpt_path, cfg)
         model.load_state_dict(ckpt['model'])
@@ -266,16 +334,26 @@ def main(argv):
     test_images = None if nerf else to_float(test_set.get(range(min(64, len(test_set))))).to(dev)
 
     def checkpoint():
-        if master:
-            save_checkpoint({'model': model.state_dict(), 'ema': ema.state_dict(), 'optimizer': opt.state_dict(),
-                             'teacher': teacher.state_dict() if teacher is not None else None,
-                             'step': step, 'config': cfg, 'rng': torch.get_rng_state()}, ckpt_path)
+        """Write ckpt.pt unless the weights are not finite or the last step was (then the old file stays)."""
+        if not master:
+            return True
+        bad = nonfinite_tensors({'model': model, 'ema': ema})
+        if bad or bad_streak:
+            bar.write(f"not writing {ckpt_path} at step {step}: "
+                      + (f"non-finite weights ({', '.join(bad[:3])})" if bad else "the last step was non-finite"))
+            return False
+        save_checkpoint({'model': model.state_dict(), 'ema': ema.state_dict(), 'optimizer': opt.state_dict(),
+                         'teacher': teacher.state_dict() if teacher is not None else None,
+                         'step': step, 'config': cfg, 'rng': torch.get_rng_state()}, ckpt_path)
+        return True
 
     # --- the loop ---
-    interrupted = []
+    interrupted = []  # signals set a flag that is read between steps, so a checkpoint is always of a whole step
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append('SIGTERM'))
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append('SIGINT') if not interrupted else force_quit())
     t_start = t_log = time.time()
     sums, n_sums = {}, 0
+    bad_streak, skipped, updating = 0, 0, False
     bar = tqdm(total=cfg['max_iters'], initial=step, disable=not master, desc='train', dynamic_ncols=True)
     try:
         while step < cfg['max_iters']:
@@ -301,29 +379,39 @@ def main(argv):
                     sums[k] = sums.get(k, 0.0) + v / accum
                 sums['loss'] = sums.get('loss', 0.0) + loss.item() / accum
             n_sums += 1
-            for p in model.parameters():
-                if p.grad is not None:
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
-            if cfg['grad_clip'] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
+            # the all-reduced gradient norm: every rank sees the same value, so all skip or step together
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'] or math.inf)
             lr = cfg['lr'] if warm or not cfg['lr_full'] else cfg['lr_full']
-            for group in opt.param_groups:
-                group['lr'] = lr
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if not warm:  # no EMA during warm-up; the first full step copies the weights (decay 0)
-                first = step == cfg['warmup_iters']
-                update_ema(ema, model, 0.0 if first else cfg['ema_decay'])
-                if teacher is not None:
-                    update_ema(teacher, model, 0.0 if first else cfg['teacher_ema'])
+            if not math.isfinite(norm.item()):  # skip: no update, no EMA; the schedule still moves on with step
+                opt.zero_grad(set_to_none=True)
+                bad_streak, skipped = bad_streak + 1, skipped + 1
+                if master:
+                    bar.write(f"step {step + 1}: non-finite loss or gradient, step skipped ({bad_streak} in a row)")
+                if bad_streak >= cfg['nonfinite_limit']:
+                    if master:
+                        log_json(cfg['out_dir'], {'step': step + 1, 'skipped_steps': skipped, 'diverged': True})
+                    raise Diverged(f"training diverged: {bad_streak} non-finite steps in a row (to step {step + 1})")
+            else:
+                updating = True  # a failure from here to `step += 1` leaves no whole step to checkpoint
+                bad_streak = 0
+                for group in opt.param_groups:
+                    group['lr'] = lr
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if not warm:  # no EMA during warm-up; the first full step copies the weights (decay 0)
+                    first = step == cfg['warmup_iters']
+                    update_ema(ema, model, 0.0 if first else cfg['ema_decay'])
+                    if teacher is not None:
+                        update_ema(teacher, model, 0.0 if first else cfg['teacher_ema'])
             step += 1
+            updating = False
             bar.update(1)
 
             if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
                 dt = time.time() - t_log
                 t_log = time.time()
                 rec = {'step': step, 'phase': 'warmup' if warm else 'full', 'lr': lr,
-                       **{k: v / n_sums for k, v in sums.items()},
+                       **{k: v / n_sums for k, v in sums.items()}, 'skipped_steps': skipped,
                        'img_per_s': n_sums * cfg['batch_size'] / dt, 'peak_mem_mb': peak_memory_mb(dev),
                        'minutes': (time.time() - t_start) / 60}
                 sums, n_sums = {}, 0
@@ -344,14 +432,108 @@ def main(argv):
                 if master:
                     bar.write(f"stopping at step {step}: {interrupted[0] if interrupted else 'max_minutes'}")
                 break
-    except KeyboardInterrupt:
-        if master:
-            bar.write(f"interrupted at step {step}; writing {ckpt_path}")
+    except Diverged as e:
+        bar.close()
+        cleanup(ddp)
+        raise Diverged(f"{e}; nothing of it was checkpointed: {last_good(ckpt_path)}. Lower --lr or "
+                       f"--lr_full, or look for bad data, then --resume") from None
+    except BaseException as e:  # a crash (or a forced quit) keeps the run up to its last whole step
+        bar.close()
+        if not updating and checkpoint():
+            print(f"{type(e).__name__} at step {step}: checkpoint of step {step} written to {ckpt_path}; "
+                  f"fix the cause and --resume", file=sys.stderr)
+        else:
+            print(f"{type(e).__name__} inside the update of step {step + 1}: {last_good(ckpt_path)}",
+                  file=sys.stderr)
+        raise
     bar.close()
-    checkpoint()
+    if not checkpoint():
+        cleanup(ddp)
+        raise Diverged(f"the run ended on non-finite weights or a non-finite step: {last_good(ckpt_path)}")
     if master:
         print(f"done: step {step}, {(time.time() - t_start) / 60:.1f} min, checkpoint {ckpt_path}")
     cleanup(ddp)
+    if interrupted:  # 128 + signal number, as a shell reports it, so `train && sample` stops
+        sys.exit(128 + (signal.SIGINT if interrupted[0] == 'SIGINT' else signal.SIGTERM))
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+def force_quit():
+    """A second Ctrl-C: stop now, inside the step if need be."""
+    raise KeyboardInterrupt
+
+
+def nonfinite_tensors(modules):
+    """Names of the parameters and buffers that hold a NaN or an infinity."""
+    return [f'{name}.{k}' for name, m in modules.items() for k, v in m.state_dict().items()
+            if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def last_good(ckpt_path):
+    if not os.path.isfile(ckpt_path):
+        return f"no checkpoint exists at {ckpt_path}"
+    step = torch.load(ckpt_path, map_location='cpu', weights_only=True)['step']
+    return f"the last good checkpoint {ckpt_path} (step {step}) is kept"
+
+
+def claim_out_dir(cfg):
+    """One run per out_dir (a lock file), and a fresh run never replaces an existing one's checkpoint."""
+    out = cfg['out_dir']
+    os.makedirs(out, exist_ok=True)
+    lock = os.path.join(out, 'train.lock')
+    take_lock(lock)
+    atexit.register(lambda: os.path.exists(lock) and os.remove(lock))
+    ckpt = os.path.join(out, 'ckpt.pt')
+    if os.path.isfile(ckpt) and not cfg['resume']:
+        if not cfg['overwrite']:
+            step = load_checkpoint(ckpt)['step']
+            raise ValueError(f"{ckpt} exists (step {step}); pass --resume to continue it, --overwrite to start over "
+                             f"(it and log.jsonl are replaced), or choose another --out_dir")
+        if os.path.exists(os.path.join(out, 'log.jsonl')):
+            os.remove(os.path.join(out, 'log.jsonl'))
+    for tmp in glob.glob(os.path.join(out, 'ckpt.pt.tmp*')):  # left by a write that was killed
+        os.remove(tmp)
+
+
+def take_lock(path):
+    host = os.uname().nodename
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.load(open(path))
+            except (OSError, ValueError):
+                held = {}
+            pid, where = held.get('pid'), held.get('host')
+            if where != host:
+                raise ValueError(f"{path}: out_dir is in use by pid {pid} on host {where}; if that run is dead, "
+                                 f"delete the lock file") from None
+            if pid_alive(pid):
+                raise ValueError(f"{os.path.dirname(path)} is in use by a training run (pid {pid}); wait for it, "
+                                 f"stop it, or choose another --out_dir") from None
+            print(f"removing the stale lock {path} of pid {pid}, which is no longer running")
+            os.remove(path)
+            continue
+        with os.fdopen(fd, 'w') as f:
+            json.dump({'pid': os.getpid(), 'host': host, 'started': time.strftime('%Y-%m-%d %H:%M:%S')}, f)
+        return
+    raise ValueError(f"could not take the lock {path}")
+
+
+def pid_alive(pid):
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def stop_now(cfg, t_start, interrupted, ddp, dev):
@@ -371,8 +553,10 @@ def peak_memory_mb(dev):
 
 
 def log_json(out_dir, rec):
+    """One strict-JSON line per record: a NaN or infinity is written as null."""
+    rec = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
     with open(os.path.join(out_dir, 'log.jsonl'), 'a') as f:
-        f.write(json.dumps(rec) + '\n')
+        f.write(json.dumps(rec, allow_nan=False) + '\n')
 
 
 def cleanup(ddp):
@@ -383,5 +567,5 @@ def cleanup(ddp):
 if __name__ == '__main__':
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, Diverged) as e:  # user errors and divergence: a message, no traceback
         sys.exit(f"error: {e}")

@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -116,9 +118,16 @@ def test_frechet_distance_closed_forms():
     assert fid.frechet_distance(m1, np.diag(s1 ** 2), m2, np.diag(s2 ** 2)) == pytest.approx(expect, rel=1e-9)
 
 
-def test_statistics_warn_under_2048_samples():
-    with pytest.warns(UserWarning, match='< 2048'):
-        fid.statistics(np.random.default_rng(0).normal(size=(100, 4)))
+def test_statistics_warn_below_the_feature_dimension_and_refuse_one_sample():
+    rng = np.random.default_rng(0)
+    with pytest.warns(UserWarning, match=r'fewer samples \(100\) than feature dimensions \(2048\)'):
+        fid.statistics(rng.normal(size=(100, 2048)))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        mu, sigma = fid.statistics(rng.normal(size=(100, 4)))
+    assert mu.shape == (4,) and sigma.shape == (4, 4)
+    with pytest.raises(ValueError, match='at least 2 samples, got 1'):
+        fid.statistics(rng.normal(size=(1, 4)))
 
 
 def test_inception_score_on_uniform_and_confident_logits():
