@@ -3,7 +3,9 @@
 shapes   the embedded default: procedural images, drawn on demand from (seed, index); no files.
 cifar10  the python pickle batches (cifar-10-batches-py/data_batch_1..5, test_batch), 50k/10k, 32^2.
 celeba   CelebA-HQ from an image folder, sorted, first 27,000 train / last 3,000 test, cached as .npy.
-folder   any directory tree of png/jpg images, centre-cropped and resized, last test_fraction as test.
+folder   any directory tree of png/jpg images, centre-cropped and resized; a file is in the test split when a hash
+         of its path relative to data_dir falls below test_fraction (stable as files come and go, every class
+         folder represented).
 SRNDataset / write_shapes3d: multi-view sets in SRN Cars' on-disk layout (real SRN Cars, or generated offline).
 """
 import codecs
@@ -228,6 +230,20 @@ def files_fingerprint(root):
     return h.hexdigest()[:16]
 
 
+def hash_split(files, root, test_fraction):
+    """Test membership of each file: the first 8 bytes of sha1(path relative to root) as a fraction of 2^64,
+    below test_fraction. Sorting by name would put whole class folders (the last ones) in the test split. At
+    least one file lands on each side."""
+    u = np.array([int(hashlib.sha1(Path(f).relative_to(root).as_posix().encode()).hexdigest()[:16], 16) / 2 ** 64
+                  for f in files])
+    test = u < test_fraction
+    if not test.any():
+        test[u.argmin()] = True
+    if test.all():
+        test[u.argmax()] = False
+    return test
+
+
 def load_folder(files, resolution, cache_dir=None, desc='images'):
     """Load files into (N, R, R, 3) uint8, once: a .npy cache keyed by the files (name, size, mtime) and resolution."""
     stats = [os.stat(f) for f in files]
@@ -257,20 +273,25 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         if resolution != 32:
             raise ValueError(f"CIFAR-10 is 32x32; got --resolution {resolution}")
         return ArrayDataset(load_cifar10(data_dir, split))
-    if name in ('celeba', 'folder'):
+    if name == 'folder':
         files = list_images(data_dir)
         if len(files) < 2:
             raise ValueError(f"{data_dir} holds {len(files)} image; a train and a test split need at least 2")
-        if name == 'celeba' and len(files) == 30000:
+        test = hash_split(files, data_dir, test_fraction)
+        files = [f for f, is_test in zip(files, test) if is_test == (split == 'test')]
+        return ArrayDataset(load_folder(files, resolution, None, f'{name}_{split}'))
+    if name == 'celeba':
+        files = list_images(data_dir)
+        if len(files) < 2:
+            raise ValueError(f"{data_dir} holds {len(files)} image; a train and a test split need at least 2")
+        if len(files) == 30000:
             n_train = 27000  # the Functa / mNIF split
         else:
-            if name == 'celeba':
-                print(f"warning: CelebA-HQ has 30,000 images, found {len(files)}; using the last "
-                      f"{test_fraction:.0%} as test")
+            print(f"warning: CelebA-HQ has 30,000 images, found {len(files)}; using the last "
+                  f"{test_fraction:.0%} as test")
             n_train = len(files) - max(1, int(round(test_fraction * len(files))))
         files = files[:n_train] if split == 'train' else files[n_train:]
-        cache = cache_root(cache_dir) if name == 'celeba' else None
-        return ArrayDataset(load_folder(files, resolution, cache, f'{name}_{split}'))
+        return ArrayDataset(load_folder(files, resolution, cache_root(cache_dir), f'{name}_{split}'))
     if name == 'shapes3d':
         cache = shapes3d_cache(cache_dir, resolution, seed)
         if not (cache / split).is_dir():

@@ -32,7 +32,7 @@ config = ''               # preset file configs/<config>.py ('' = configs/<datas
 data_dir = ''
 cache_dir = ''            # where celeba's .npy cache goes ('' = ~/.cache/inrct)
 resolution = 32
-test_fraction = 0.1       # folder datasets: last fraction of sorted files is the test split
+test_fraction = 0.1       # folder: share of files (by a hash of their path) in the test split
 preset = 'tiny'           # model size, see model.INRCT_models
 patch = 4
 pe_sigma = 32.0           # highest positional-encoding frequency of the image INR

@@ -84,8 +84,35 @@ def test_folder_centre_crops_resizes_and_splits(tmp_path):
     write_images(tmp_path / 'b', 4, size=(30, 40), ext='jpg')
     train = load_dataset('folder', 'train', 16, str(tmp_path), test_fraction=0.2)
     test = load_dataset('folder', 'test', 16, str(tmp_path), test_fraction=0.2)
-    assert len(train) == 8 and len(test) == 2
+    assert len(train) + len(test) == 10 and len(train) >= 1 and len(test) >= 1
     assert train.get([0]).shape == (1, 16, 16, 3)
+    both = np.concatenate([train.array, test.array]).reshape(10, -1)
+    assert len(np.unique(both, axis=0)) == 10  # the splits are disjoint and cover every file
+
+
+def test_folder_split_is_a_stable_hash_that_samples_every_class_folder(tmp_path):
+    """A class-per-folder tree (CIFAR-10 as JPEG folders): sorted order would test on the last class only."""
+    from data import hash_split, list_images
+    for c in range(10):
+        (tmp_path / f'class{c}').mkdir()
+        for i in range(100):
+            (tmp_path / f'class{c}' / f'{i:04d}.png').write_bytes(b'')
+    files = list_images(tmp_path)
+    test = hash_split(files, tmp_path, 0.1)
+    assert 70 <= test.sum() <= 130  # binomial(1000, 0.1): mean 100, sd 9.5
+    per_class = [sum(t for f, t in zip(files, test) if f.parent.name == f'class{c}') for c in range(10)]
+    assert min(per_class) >= 2 and max(per_class) <= 25
+    # stable: new files and another location do not move the old ones between splits
+    (tmp_path / 'class3' / 'new.png').write_bytes(b'')
+    (tmp_path / 'class11').mkdir()
+    (tmp_path / 'class11' / 'x.png').write_bytes(b'')
+    again = dict(zip(list_images(tmp_path), hash_split(list_images(tmp_path), tmp_path, 0.1)))
+    assert all(again[f] == t for f, t in zip(files, test))
+    moved = tmp_path.parent / 'moved'
+    tmp_path.rename(moved)
+    assert list(hash_split([moved / f.relative_to(tmp_path) for f in files], moved, 0.1)) == list(test)
+    # a tiny folder still gets one image on each side
+    assert hash_split(files[:2], tmp_path, 0.01).sum() == 1 and hash_split(files[:2], tmp_path, 0.99).sum() == 1
 
 
 def test_corrupt_image_is_named(tmp_path):
@@ -121,7 +148,7 @@ def test_real_celeba_sample_as_folder():
     d = os.path.join(SHARED, 'celeba_sample')
     train = load_dataset('folder', 'train', 64, d, test_fraction=0.125)
     test = load_dataset('folder', 'test', 64, d, test_fraction=0.125)
-    assert len(train) == 56 and len(test) == 8
+    assert len(train) + len(test) == 64 and 3 <= len(test) <= 14  # the hash split: binomial(64, 0.125), mean 8
     x = train.get(range(4)).float()
     assert x.shape == (4, 64, 64, 3) and 40 < x.mean() < 220 and x.std() > 20
 
