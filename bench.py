@@ -3,8 +3,8 @@
     python bench.py --preset tiny                       # CPU, about a minute
     python bench.py --preset paper --resolution 64 --batch 128 --compile    # GPU
 
-Training = the full INRCT step of train.py (grad forward at t, no-grad teacher forward at r, backward,
-nan_to_num + clip, RAdam, EMA) in the consistency phase (stage 1, so the teacher pass runs). FLOP/s are
+Training = losses.train_step, the very step train.py runs (grad forward at t, no-grad teacher forward at r,
+backward, grad-norm check and clip, RAdam, EMA), in the consistency phase (stage 1, so the teacher pass runs). FLOP/s are
 counted with torch.utils.flop_counter on one step and divided by the median step time; the machine's
 dense-matmul rate is measured by a square GEMM in the same run, so 'fraction of peak' is one ratio.
 """
@@ -19,8 +19,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from inr import jitter_grid, make_grid
+import losses
 from losses import INRCTLoss, LossConfig
-from model import build_model, count_params
+from model import build_model, count_params, pick_device
 import sample
 
 
@@ -72,8 +73,7 @@ def main():
     p.add_argument('--threads', type=int, default=0, help='CPU threads (0 = torch default)')
     p.add_argument('--json', default='')
     a = p.parse_args()
-    dev = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
-                       ('cpu' if a.device == 'auto' else a.device))
+    dev = pick_device(a.device)
     if a.threads:
         torch.set_num_threads(a.threads)
     if dev.type == 'cuda':
@@ -93,19 +93,13 @@ def main():
     grid = make_grid(R, R, dev)
     g = torch.Generator(device=dev).manual_seed(0)
 
-    def train_step():
-        with autocast:
-            batch = {'support': x, 'target': x, 'query': jitter_grid(grid.expand(B, *grid.shape), g)}
-            loss, _ = loss_fn(net, batch, 1, g, model)
-            loss.backward()
-        for q in model.parameters():
-            torch.nan_to_num_(q.grad, nan=0.0, posinf=1e5, neginf=-1e5)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1e-4)
+    step_cfg = {'warmup_iters': 0, 'lr': 1e-4, 'lr_full': 0.0, 'grad_clip': 1.0, 'ema_decay': 0.9999, 'teacher_ema': 0.0}
+
+    def micro_batch(m):
+        return {'support': x, 'target': x, 'query': jitter_grid(grid.expand(B, *grid.shape), g)}, g
+
+    def train_step():  # train.py's step: loss + backward, grad-norm check and clip, RAdam, EMA
+        losses.train_step(net, model, ema, None, opt, loss_fn, micro_batch, 1, 1, step_cfg, autocast)
 
     def gen(steps):
         with autocast:

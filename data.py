@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from nerf import check_pose, get_rays, hemisphere_poses, srn_to_opengl
+
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
 
 
@@ -89,6 +91,8 @@ def render_shapes(seed, index, resolution, blobs=False):
 
 class ShapesDataset:
     """Procedural images: train = indices [0, n_train), test = [n_train, n_train + n_test) of one seed."""
+    any_resolution = True   # get(indices, resolution) renders the same images at any size (encoding at 2x, 4x)
+    reference_size = 10000  # images in an FID reference: the train split is endless in principle
 
     def __init__(self, split='train', resolution=32, seed=0, n_train=50000, n_test=500):
         self.resolution, self.seed = resolution, seed
@@ -268,7 +272,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
     if name == 'shapes':
         return ShapesDataset(split, resolution, seed)
     if not data_dir and name != 'shapes3d':
-        raise ValueError(f"--dataset {name} reads from disk: pass --data_dir PATH (see README, 'Real data')")
+        raise ValueError(f"--dataset {name} reads from disk: pass --data_dir PATH (README: 'CIFAR-10, CelebA-HQ')")
     if name == 'cifar10':
         if resolution != 32:
             raise ValueError(f"CIFAR-10 is 32x32; got --resolution {resolution}")
@@ -342,7 +346,6 @@ class SRNDataset:
     """
 
     def __init__(self, root, resolution):
-        from nerf import check_pose, srn_to_opengl
         self.root, self.resolution = Path(root), resolution
         if not self.root.is_dir():
             raise FileNotFoundError(f"SRN folder {self.root} does not exist; expected "
@@ -450,7 +453,6 @@ def shapes3d_parts(seed, obj):
 @np.errstate(invalid='ignore', divide='ignore')
 def render_shapes3d(seed, obj, pose, focal, resolution, ss=2):
     """One shaded view (uint8 R x R x 3, white background) of object `obj`, supersampled ss x ss per pixel."""
-    from nerf import get_rays
     parts = shapes3d_parts(seed, obj)
     n = resolution * ss
     o, d = (x.numpy().astype(np.float64) for x in get_rays(pose, focal * ss, n / 2, n / 2, n, n))
@@ -471,26 +473,12 @@ def render_shapes3d(seed, obj, pose, focal, resolution, ss=2):
     return np.round(img * 255).clip(0, 255).astype(np.uint8)
 
 
-def hemisphere_poses(n, radius=1.3, seed=None):
-    """OpenGL poses on the upper hemisphere looking at the origin: random (seed) or a fixed spiral (seed=None)."""
-    from nerf import look_at
-    if seed is None:
-        k = np.arange(n) + 0.5
-        elev, azim = np.arcsin(0.15 + 0.8 * k / n), k * np.pi * (3 - np.sqrt(5))
-    else:
-        rng = np.random.default_rng(seed)
-        elev, azim = np.arcsin(rng.uniform(0.15, 0.95, n)), rng.uniform(0, 2 * np.pi, n)
-    eyes = radius * np.stack([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)], 1)
-    return [look_at(tuple(e)) for e in eyes]
-
-
-def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False, fov_focal=SHAPES3D_FOCAL):
+def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False):
     """Write the offline multi-view set in the SRN layout (OpenCV poses, 'f cx cy 0' intrinsics) under out/.
 
     Train objects get random upper-hemisphere views; test objects (other seeds) a fixed spiral of views."""
-    from nerf import srn_to_opengl
     out = Path(out)
-    focal = fov_focal * resolution
+    focal = SHAPES3D_FOCAL * resolution
     split = 'test' if test else 'train'
     offset = SHAPES3D_TEST_OFFSET if test else 0
     for obj in tqdm(range(n_objects), desc=f'shapes3d {split}', leave=False):
@@ -514,34 +502,3 @@ def cache_root(cache_dir=''):
 def shapes3d_cache(cache_dir, resolution, seed):
     """The folder load_dataset writes shapes3d's train/ and test/ into, named by the generator's version."""
     return cache_root(cache_dir) / f'shapes3d_{SHAPES3D_VERSION}_{resolution}_s{seed}'
-
-
-def shapes3d_depth_ambiguity(shifts=(0.05, 0.1, 0.2), n_objects=16, n_views=24, resolution=32, seed=0):
-    """Why shapes3d centres its objects: what a depth that one view cannot see would cost. Mean PSNR of views
-    1, 3, ... of the test objects when the object sits `shift` further along the support camera's axis (one wrong
-    guess), and when those views are averaged over 9 depths in [-shift, shift] (a model that knows the depth only
-    to +-shift and hedges; with the truth in the middle, the best case) -> {shift: (wrong guess dB, hedged dB)}."""
-    from inr import psnr
-    poses, focal = hemisphere_poses(n_views), SHAPES3D_FOCAL * resolution   # the test cameras of write_shapes3d
-    axis = -poses[0][:3, 2]                                      # OpenGL cameras look down their -z
-
-    def view(obj, v, d):  # moving the object by d * axis = moving the camera by -d * axis
-        pose = poses[v].clone()
-        pose[:3, 3] -= d * axis
-        return render_shapes3d(seed, SHAPES3D_TEST_OFFSET + obj, pose, focal, resolution) / 255.0
-
-    out = {}
-    for s in tqdm(shifts, desc='depth shifts', leave=False):
-        triples = [(view(o, v, 0.0), view(o, v, s), np.mean([view(o, v, d) for d in np.linspace(-s, s, 9)], 0))
-                   for o in range(n_objects) for v in range(1, n_views, 2)]
-        gt, wrong, hedged = (torch.from_numpy(np.stack(x)) * 2 - 1 for x in zip(*triples))  # [-1, 1] for psnr
-        out[s] = (psnr(wrong, gt).mean().item(), psnr(hedged, gt).mean().item())
-    return out
-
-
-if __name__ == '__main__':  # python data.py: the shapes3d figures behind the README's NeRF "known gaps"
-    print("shapes3d centres every object at the origin; were it anywhere in [-0.2, 0.2]^3 (as before v2), one view\n"
-          "could not tell how far away it is. What that would cost:")
-    for s, (wrong, hedged) in shapes3d_depth_ambiguity().items():
-        print(f"  object {s:.2f} further along the support camera's axis: novel views {wrong:.2f} dB; "
-              f"averaged over +-{s:.2f} around the truth: {hedged:.2f} dB")

@@ -25,7 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy import linalg
+from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
+
+from data import cache_root, files_fingerprint, load_dataset, render_shapes, shape_params
+from inr import to_uint8
+from model import pick_device
+import sample
 
 FID_WEIGHTS = 'pt_inception-2015-12-05-6726825d.pth'
 FID_WEIGHTS_SOURCE = ('the pytorch-fid GitHub release "fid_weights_init" (mseitzer/pytorch-fid), '
@@ -239,14 +245,12 @@ class ShapeFeatureNet(nn.Module):
 
 def shape_counts(seed, indices):
     """How many primitives of each kind the `shapes` images (seed, index) hold: (N, 4) int64."""
-    from data import shape_params
     return torch.tensor([[sum(s['kind'] == k for s in shape_params(seed, int(i))[2]) for k in SHAPE_KINDS]
                          for i in indices])
 
 
 def train_shape_net(n_images=12000, iters=1500, batch=64, seed=SHAPE_SEED):
     """Deterministic training of ShapeFeatureNet on analytic `shapes` images (one CPU minute or two)."""
-    from data import render_shapes
     torch.manual_seed(0)
     images = np.stack([render_shapes(seed, i, 32) for i in tqdm(range(n_images), desc='shape-net images')])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
@@ -266,7 +270,6 @@ def train_shape_net(n_images=12000, iters=1500, batch=64, seed=SHAPE_SEED):
 
 def load_shape_net(cache_dir='', device='cpu'):
     """The shape-feature network, trained on first use and cached (cache_dir or ~/.cache/inrct)."""
-    from data import cache_root
     path = cache_root(cache_dir) / 'shape_features_v1.pt'
     net = ShapeFeatureNet()
     if path.is_file():
@@ -284,8 +287,6 @@ def load_shape_net(cache_dir='', device='cpu'):
 def shape_reference_sets(n=500, seed=SHAPE_SEED, offset=1_000_000):
     """Labelled image sets (uint8 NHWC, 32^2) that a shape metric must rank: {'real': the reference, then
     'real (other images)', 'blurred 1 px', 'blurred 2 px', 'blobs', 'mean image', 'noise'}, best to worst."""
-    from scipy.ndimage import gaussian_filter
-    from data import render_shapes
     real = np.stack([render_shapes(seed, offset + i, 32) for i in range(n)])
     other_idx = range(offset + n, offset + 2 * n)
     other = np.stack([render_shapes(seed, i, 32) for i in other_idx])
@@ -435,10 +436,8 @@ def reference_stats(cfg, split, extractor, n_pr, cache_dir):
     """mu, sigma and up to n_pr features of a dataset split, cached as npz (same preprocessing as training).
 
     NeRF datasets (mNIF protocol): every view of every test scene, whatever `split` says."""
-    from data import cache_root, load_dataset
-    from model import NERF_DATASETS
     cache_dir = str(cache_root(cache_dir))
-    nerf = cfg['dataset'] in NERF_DATASETS
+    nerf = cfg['modality'] == 'nerf'
     split = 'test' if nerf else split
     name = f"ref_{cfg['dataset']}_{split}_{cfg['resolution']}_{extractor.kind}_{reference_key(cfg, split, extractor)}.npz"
     path = os.path.join(cache_dir, name)
@@ -446,12 +445,11 @@ def reference_stats(cfg, split, extractor, n_pr, cache_dir):
         d = np.load(path)
         return d['mu'], d['sigma'], d['features']
     if nerf:
-        import sample
         feats, _ = features_of(sample.nerf_fid_reference(cfg), extractor)
     else:
         ds = load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'],
                           cfg['test_fraction'], cfg['cache_dir'])
-        n = len(ds) if cfg['dataset'] != 'shapes' else min(len(ds), 10000)
+        n = min(len(ds), getattr(ds, 'reference_size', len(ds)))
         chunks = (ds.get(range(i, min(i + 500, n))).numpy() for i in range(0, n, 500))
         feats, _ = features_of(tqdm(chunks, total=-(-n // 500), desc=f'reference {split}'), extractor)
     mu, sigma = statistics(feats)
@@ -466,7 +464,6 @@ def reference_stats(cfg, split, extractor, n_pr, cache_dir):
 def reference_key(cfg, split, extractor):
     """What defines a reference set: the data (its resolved folder and every file's name, size and mtime), the
     split's parameters and the feature extractor. Another folder, copy or edit of the data gets its own cache."""
-    from data import files_fingerprint
     data_dir = os.path.realpath(os.path.expanduser(cfg['data_dir'])) if cfg['data_dir'] else ''
     key = dict(dataset=cfg['dataset'], split=split, resolution=cfg['resolution'], data_dir=data_dir,
                seed=cfg['seed'], test_fraction=cfg['test_fraction'], features=extractor.fingerprint,
@@ -488,13 +485,8 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device, ode=0):
 
     NeRF checkpoints follow the mNIF protocol instead: one generated object per test scene, up to
     n scenes, rendered at all of that scene's test poses (SRN Cars: 704 x 251 images)."""
-    import sample
-    from inr import to_uint8
-    from model import NERF_DATASETS
-    from train import loss_config
-    model, cfg, _ = sample.load_model(ckpt, 'ema', device)
-    lcfg = loss_config(cfg)
-    if cfg['dataset'] in NERF_DATASETS:
+    model, cfg, lcfg, _ = sample.load_model(ckpt, 'ema', device)
+    if cfg['modality'] == 'nerf':
         if ode:
             raise ValueError('--ode takes an image checkpoint; NeRF samples use --steps 1 or 2')
         chunks = sample.nerf_fid_samples(model, cfg, lcfg, seed, n, steps)
@@ -517,7 +509,7 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device, ode=0):
         logits.append(lg)
         count += len(images)
     logits = None if logits[0] is None else np.concatenate(logits)
-    return np.concatenate(feats), logits, count / seconds, cfg
+    return np.concatenate(feats), logits, count / seconds, cfg, lcfg
 
 
 def fd_name(kind):
@@ -557,8 +549,7 @@ def main(argv):
     p.add_argument('--json', default='')
     p.add_argument('--device', default='auto')
     a = p.parse_args(argv)
-    dev = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
-                       ('cpu' if a.device == 'auto' else a.device))
+    dev = pick_device(a.device)
     extractor = Features(a.features, a.inception, dev, a.cache_dir)
     if a.validate_shapes:
         out = validate_shape_metric(extractor, min(a.n, 2000))
@@ -581,14 +572,11 @@ def main(argv):
         if m > 3:
             out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
     elif a.ckpt:
-        feats, logits, rate, cfg = sample_features(a.ckpt, a.n, a.steps, a.seed, a.batch, extractor, dev, a.ode)
+        feats, logits, rate, cfg, lcfg = sample_features(a.ckpt, a.n, a.steps, a.seed, a.batch, extractor, dev, a.ode)
         mu, sigma, real = reference_stats(cfg, a.ref, extractor, a.pr_n, a.cache_dir)
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
-        import sample
-        from model import NERF_DATASETS
-        from train import loss_config
-        nerf = cfg['dataset'] in NERF_DATASETS
-        nfe = a.ode or a.steps + int(nerf and sample.reencodes(a.steps, loss_config(cfg)))  # images: no re-encode
+        nerf = cfg['modality'] == 'nerf'
+        nfe = a.ode or a.steps + int(nerf and sample.reencodes(a.steps, lcfg))  # images: no re-encode
         out.update(n=len(feats), nfe=nfe, samples_per_s=rate, ref='test, all views (mNIF)' if nerf else a.ref,
                    features=a.features, ckpt=a.ckpt)
     else:

@@ -4,6 +4,7 @@ Everything is a pure function of (t, step) so that a resumed run repeats the uni
 The loss is a callable: loss_fn(net, batch, step) -> (scalar, dict of parts for logging).
 """
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,6 @@ class LossConfig:
     warmup_iters: int = 0       # ETS: reconstruction-only steps before full training
     shift_precond: bool = True  # ECT: c_skip, c_out use (t - t_min) so f(x, t_min) = x exactly
     huber_c: float = 0.0        # 0: plain L2 norm; >0: pseudo-Huber sqrt(|x|^2 + c^2) - c
-    teacher_ema: float = 0.0    # 0: teacher = stop-grad of current weights (ECT); >0 see train.py
     lambdas: tuple = (1.0, 1.0, 1.0)  # (l1, l2, l3) of full training (paper: robust to 0.1x-10x)
     query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: c_skip 0, c_out 1 (NeRF, see consistency_fn)
     boundary_sigma: float = 0.0 # query_skip False: > 0 keeps a narrow skip so f(x, t_min) = x exactly (c_skip)
@@ -59,11 +59,6 @@ def c_noise(t):
     return torch.log(t) / 4
 
 
-def t_of_c_noise(c):
-    """The inverse of c_noise, for a network that needs t itself (model.HyperNetwork.local_gate)."""
-    return torch.exp(4 * c)
-
-
 def bcast(v, x):
     """(B,) -> (B, 1, 1, ...) to broadcast against x."""
     return v.reshape(-1, *([1] * (x.dim() - 1)))
@@ -75,10 +70,15 @@ def consistency_fn(net, support_t, query_t, t, query, cfg):
     With cfg.query_skip False, c_skip = 0 and c_out = 1, so f = the render alone. For images O_q_t is the tensor
     the network reads, so the skip term can be cancelled; for a NeRF it is another view the network never sees,
     and c_skip O_q_t puts noise into f that nothing can predict. The boundary f(x, ~0) = O_q then rests on the
-    loss (L_recon, L_diff, the clean target where r = 0) instead of on the parameterisation (README, NeRF).
+    loss (L_recon, L_diff, the clean target where r = 0) instead of on the parameterisation (docs/nerf.md).
     """
-    raw = net(bcast(c_in(t, cfg), support_t) * support_t, c_noise(t), query)
+    raw = net(*net_inputs(support_t, t, cfg), query)
     return bcast(c_skip(t, cfg), raw) * query_t + bcast(c_out(t, cfg), raw) * raw, raw
+
+
+def net_inputs(x_t, t, cfg):
+    """What the network reads of a noisy observation at t: (c_in(t) x_t, c_noise(t))."""
+    return bcast(c_in(t, cfg), x_t) * x_t, c_noise(t)
 
 
 # --- time schedule (ECT continuous time) -------------------------------------------------------------
@@ -142,16 +142,6 @@ def distance(a, b, cfg):
     return sq.clamp(min=1e-20).sqrt()  # the clamp keeps the gradient finite at a perfect match
 
 
-def render_gradient_scale(t, step, cfg):
-    """How hard one sample pulls on the rendered INR: the norm of d(loss term)/d(render) summed over the terms,
-    w(t) (l1 c_out + l3 c_out [t < t_eps2] + l2 [t < t_eps1]) (each L2-norm distance has a unit gradient).
-    Exact where the terms pull one way (stage 0 without recon), an upper bound otherwise. Summed over
-    many draws of t it says which noise levels a short run actually trains (`python losses.py`)."""
-    l1, l2, l3 = loss_weights(step, cfg)
-    co = c_out(t, cfg)
-    return (l1 * co + l3 * co * diff_mask(t, cfg) + l2 * recon_mask(t, cfg)) * loss_weight(t, r_of_t(t, step, cfg), cfg)
-
-
 # --- the INRCT loss (Eq. 13, 15, 16, 17; Algorithm 1) ---------------------------------------------------
 class INRCTLoss:
     """loss_fn(net, batch, step): batch = {'support', 'target', 'query'} with 'target' = clean O_q.
@@ -205,18 +195,46 @@ class INRCTLoss:
         return loss, parts
 
 
-if __name__ == '__main__':  # which noise levels get the gradient: python losses.py [P_mean l_recon stage [skip [P_std]]]
-    import sys
-    args = sys.argv[1:] if len(sys.argv) > 3 else ['-1.1', '1', '4']
-    p_mean, l_recon, stage = float(args[0]), float(args[1]), int(args[2])
-    skip = len(args) < 4 or args[3].lower() in ('1', 'true')
-    p_std = float(args[4]) if len(args) > 4 else 2.0
-    cfg = LossConfig(P_mean=p_mean, P_std=p_std, lambdas=(1.0, l_recon, 1.0), d=1, query_skip=skip)
-    t = sample_t(1_000_000, stage, cfg, torch.Generator().manual_seed(0)).double()
-    g = render_gradient_scale(t, stage, cfg)
-    print(f"P_mean {p_mean}, P_std {p_std}, lambda_recon {l_recon}, stage {stage}, query_skip {skip}: "
-          "share of the pull on the render by t")
-    for lo, hi in ((0, cfg.t_eps1), (cfg.t_eps1, cfg.t_eps2), (cfg.t_eps2, 1), (1, 10), (10, 81)):
-        m = (t >= lo) & (t < hi)
-        print(f"  t in [{lo:g}, {hi:g}): {100 * m.double().mean():6.2f}% of samples, "
-              f"{100 * g[m].sum() / g.sum():8.4f}% of the pull")
+# --- one optimisation step: train.py's loop and bench.py run this same function ---------------------------
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+
+
+def train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg, autocast=nullcontext(),
+               ddp=False):
+    """One optimiser step (bench.py times this very function): the INRCT loss and backward over `accum` micro-batches
+    (micro_batch(m) -> (batch, generator)), then, unless the gradient is non-finite (the step is skipped), the
+    clip, RAdam at this phase's lr and the EMA. -> (finite, mean loss parts, lr)."""
+    warm = step < cfg['warmup_iters']
+    parts_mean = {}
+    for m in range(accum):
+        batch, g = micro_batch(m)
+        sync = m == accum - 1 or not ddp
+        with (net.no_sync() if ddp and not sync else nullcontext()), autocast:
+            # the teacher pass runs on the unwrapped model: no DDP hooks or collectives in it
+            loss, parts = loss_fn(net, batch, step, g, teacher or model)
+            (loss / accum).backward()
+        for k, v in {**parts, 'loss': loss.item()}.items():
+            parts_mean[k] = parts_mean.get(k, 0.0) + v / accum
+    # the all-reduced gradient norm: every rank sees the same value, so all skip or step together
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'] or math.inf)
+    lr = cfg['lr'] if warm or not cfg['lr_full'] else cfg['lr_full']
+    if not math.isfinite(norm.item()):  # skip: no update, no EMA; the schedule still moves on with the step
+        opt.zero_grad(set_to_none=True)
+        return False, parts_mean, lr
+    try:
+        for group in opt.param_groups:
+            group['lr'] = lr
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if not warm:  # no EMA during warm-up; the first full step copies the weights (decay 0)
+            first = step == cfg['warmup_iters']
+            update_ema(ema, model, 0.0 if first else cfg['ema_decay'])
+            if teacher is not None:
+                update_ema(teacher, model, 0.0 if first else cfg['teacher_ema'])
+    except BaseException as e:  # the weights are part-updated: not a state to checkpoint
+        e.inside_update = True
+        raise
+    return True, parts_mean, lr

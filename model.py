@@ -10,11 +10,14 @@ The encoder only sees a sequence of tokens, so images (RGB patches) and NeRF sup
 import math
 from dataclasses import dataclass
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses import t_of_c_noise
+from inr import ImageINR, PixelINR
+from nerf import NeRFINR
 
 
 @dataclass
@@ -201,8 +204,8 @@ class HyperNetwork(nn.Module):
         """Encoder features of the first view resampled onto the INR-token grid (sqrt(K) x sqrt(K)).
 
         Each INR token's query starts from what the encoder saw at "its" place, so cross-attention
-        starts local. Measured on shapes 32^2 (tiny, plain MSE): without it the decoder plateaus at
-        17.6 dB for 600+ steps; with it 24.8 dB after 300. Non-square K falls back to learned queries.
+        starts local (without it the decoder first learns only the mean colour: docs/design-notes.md).
+        Non-square K falls back to learned queries.
         """
         K, g = self.cfg.inr_tokens, self.cfg.grid
         k = math.isqrt(K)
@@ -222,7 +225,7 @@ class HyperNetwork(nn.Module):
         """
         if not self.cfg.local_gate:
             return 1.0
-        t = t_of_c_noise(c_noise)
+        t = torch.exp(4 * c_noise)  # c_noise = ln(t) / 4 (EDM), the network's noise-level input
         return (self.cfg.sigma_data ** 2 / (t ** 2 + self.cfg.sigma_data ** 2))[:, None, None]
 
     def forward(self, tokens, c_noise):
@@ -269,23 +272,22 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
         raise ValueError(f"resolution {resolution} is not a multiple of patch {patch}")
     p = INRCT_models[preset]
     if modality == 'image' and inr == 'pixels':
-        from inr import PixelINR
         inr = PixelINR(token_dim=p['inr_token_dim'], tokens=p['inr_tokens'], resolution=resolution, patch=patch)
         token_dim, tokens = 3 * patch * patch, p['inr_tokens']
     elif modality == 'image':
-        from inr import ImageINR
         if inr != 'anr':
             raise ValueError(f"unknown image INR {inr!r}; choose 'anr' or 'pixels'")
         assert p['inr_token_dim'] == p['inr_width'], "ANR attends with INR tokens as keys: token dim = INR width"
         inr = ImageINR(width=p['inr_width'], depth=p['inr_depth'], heads=p['inr_heads'], tokens=p['inr_tokens'],
                        pe_sigma=pe_sigma, resolution=resolution, patch=patch)
         token_dim, tokens = 3 * patch * patch, p['inr_tokens']
-    else:
-        from nerf import NeRFINR
+    elif modality == 'nerf':
         inr = NeRFINR(depth=p['nerf_depth'], width=p['nerf_width'], token_dim=p['inr_token_dim'],
                       groups=p['nerf_groups'], resolution=resolution, patch=patch, near=near, far=far,
                       n_samples=n_samples)
         token_dim, tokens = 9 * patch * patch, inr.num_tokens
+    else:
+        raise ValueError(f"unknown modality {modality!r}; choose 'image' or 'nerf'")
     hyper = HyperNetwork(HyperConfig(
         token_dim=token_dim, grid=resolution // patch, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
         enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],
@@ -293,15 +295,58 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
     return INRCT(hyper, inr)
 
 
-NERF_DATASETS = ('shapes3d', 'srn_cars')
+# --- checkpoints: self-describing, so sampling and metrics never need the training script ---------------------
+def save_checkpoint(obj, path):
+    """Write to a temporary file, fsync, then rename: a crash mid-write never replaces the good file."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
-def build_from_config(cfg):
-    """The model a train.py config describes (the one place that maps config keys to build_model)."""
-    nerf = cfg['dataset'] in NERF_DATASETS
-    return build_model(cfg['preset'], cfg['resolution'], cfg['patch'], cfg['pe_sigma'], cfg.get('dropout', 0.0),
-                       'nerf' if nerf else 'image', cfg.get('near', 0.8), cfg.get('far', 1.8), cfg.get('n_samples', 64),
-                       cfg['local_gate'], cfg['sigma_data'], cfg['time_embed'], cfg['time_scale'], cfg['inr'])
+def read_checkpoint(path):
+    """A train.py checkpoint as a dict of plain tensors and values (weights_only: loading runs no code)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py) or fix --out_dir/--ckpt")
+    try:
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); pass the ckpt.pt "
+                         f"that train.py writes") from None
+    if not isinstance(ckpt, dict) or 'config' not in ckpt:
+        raise ValueError(f"{path} is a torch file but not a train.py checkpoint (no 'config' entry)")
+    return ckpt
+
+
+def load(path, weights='ema', device='cpu'):
+    """(model in eval mode with the chosen weights, checkpoint dict) rebuilt from the checkpoint alone.
+
+    ckpt['model_args'] are build_model's arguments, ckpt['loss'] the LossConfig fields, ckpt['config'] the
+    whole training config (dataset, data_dir, split, ...)."""
+    ckpt = read_checkpoint(path)
+    if 'model_args' not in ckpt:
+        raise ValueError(f"{path} was written before checkpoints carried their model and loss settings; convert it "
+                         f"once with: python train.py --upgrade_checkpoint {path}")
+    model = build_model(**ckpt['model_args'])
+    if weights == 'ema' and ckpt['step'] <= ckpt['config']['warmup_iters']:
+        weights = 'model'  # the EMA starts when warm-up ends: before that it is the initial weights
+    bad = [k for k, v in ckpt[weights].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: the {weights} weights hold non-finite values ({', '.join(bad[:3])}); the run "
+                         f"diverged before this checkpoint was written. Use an earlier checkpoint")
+    model.load_state_dict(ckpt[weights])
+    return model.to(device).eval(), ckpt
+
+
+def pick_device(name='auto', index=0):
+    """'auto' -> the GPU when there is one, else the CPU; 'cpu' / 'cuda' as given."""
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda: no CUDA device is visible (torch {torch.__version__}); use cpu or auto")
+    return torch.device(f'cuda:{index}' if name == 'cuda' else name)
 
 
 if __name__ == '__main__':

@@ -8,6 +8,8 @@ Nothing about images lives here (inr.py) and nothing about NeRF lives there.
 """
 import math
 
+import numpy as np
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,7 +55,7 @@ def get_rays(pose, focal, cx, cy, H, W):
 
 
 # --- volume rendering ------------------------------------------------------------------------------------
-def volume_render(field, origins, dirs, near, far, n_samples, offsets=None, white_bg=True):
+def volume_render(field, origins, dirs, near, far, n_samples, offsets=None):
     """Render rays (..., 3) through field(points (..., S, 3)) -> (rgb logits (..., S, 3), density raw (..., S)).
 
     Stratified samples: bin k of [near, far] is sampled at its centre (evaluation) or at offsets (..., S) in
@@ -73,9 +75,7 @@ def volume_render(field, origins, dirs, near, far, n_samples, offsets=None, whit
     alpha = 1 - torch.exp(-sigma * width)
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha[..., :-1] + 1e-10], -1), -1)
     weights = alpha * trans
-    colour = (weights[..., None] * rgb).sum(-2)
-    if white_bg:
-        colour = colour + (1 - weights.sum(-1, keepdim=True))
+    colour = (weights[..., None] * rgb).sum(-2) + (1 - weights.sum(-1, keepdim=True))  # what passes shows white
     return colour, weights
 
 
@@ -94,9 +94,8 @@ class NeRFINR(nn.Module):
     g_l INR tokens; each token is mapped to an (in+1)-vector that multiplies out/g_l of the base columns, and
     every column is then L2-normalised over its inputs. Tokens: `num_tokens` = sum of the groups.
     Unit-norm columns keep the density output O(1-10), too thin to make a surface opaque over a bin of width
-    (far - near) / n_samples, so it is multiplied by `density_scale` (10). Measured on shapes3d (tiny): without
-    it the emptiest 10% of test rays still had opacity 0.64 after 3,500 steps (a fog over every view); with it
-    0.00 after 300.
+    (far - near) / n_samples, so it is multiplied by `density_scale` (10); without it a fog stays over every view
+    (docs/design-notes.md).
     """
 
     def __init__(self, depth=6, width=256, token_dim=256, groups=32, num_freqs=8, resolution=128, patch=8,
@@ -169,7 +168,7 @@ class NeRFINR(nn.Module):
         return 2 * self.render_rays(beta, query['origins'], query['dirs'], query.get('offsets'), chunk or 4096) - 1
 
 
-def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device, support_view=None):
+def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device):
     """One support view and `rays_per_object` random rays of another view per scene.
 
     -> {'support': rgb (B, 1, 3, H, W), 'target': (B, R, 3), 'query': rays and stratification offsets}, all
@@ -179,8 +178,6 @@ def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device, s
     for s in scenes:
         n = len(dataset.views[s])
         pick = torch.randperm(n, generator=generator)[:2].tolist()
-        if support_view is not None:
-            pick[0] = support_view
         images, poses, (f, cx, cy) = dataset.get(s, pick)
         x = to_float(images)                                                    # (2, 3, H, W)
         o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])              # (2, H, W, 3)
@@ -199,7 +196,18 @@ def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device, s
 
 def hemisphere_poses_for(dataset, n):
     """An orbit of n OpenGL poses around the origin at the dataset's camera distance, and its focal length."""
-    from data import hemisphere_poses
     _, poses, (focal, _, _) = dataset.get(0, [0])
     radius = poses[0, :3, 3].norm().item()
     return hemisphere_poses(n, radius=radius), focal
+
+
+def hemisphere_poses(n, radius=1.3, seed=None):
+    """OpenGL poses on the upper hemisphere looking at the origin: random (seed) or a fixed spiral (seed=None)."""
+    if seed is None:
+        k = np.arange(n) + 0.5
+        elev, azim = np.arcsin(0.15 + 0.8 * k / n), k * np.pi * (3 - np.sqrt(5))
+    else:
+        rng = np.random.default_rng(seed)
+        elev, azim = np.arcsin(rng.uniform(0.15, 0.95, n)), rng.uniform(0, 2 * np.pi, n)
+    eyes = radius * np.stack([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)], 1)
+    return [look_at(tuple(e)) for e in eyes]

@@ -22,10 +22,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from data import load_dataset
 from inr import make_grid, psnr, to_float, to_uint8
-from losses import c_in, c_noise, c_out, c_skip, consistency_fn
+from losses import LossConfig, consistency_fn, net_inputs
+import model as inrct_model
+from nerf import get_rays, hemisphere_poses_for
 
-T_MAX, T_MID = 80.0, 0.821
+T_MID = 0.821  # the second step's noise level (ECT, iCT)
 
 
 def save_grid(images, path, nrow=None):
@@ -51,11 +54,17 @@ def t_full(t, n, device):
 
 
 @torch.no_grad()
-def encode(model, images, lcfg, t=None, query=None):
+def encode(model, images, lcfg, query=None):
     """beta = G(O, t_min) (Eq. 7): clean observations in [-1, 1] -> INR tokens (query: NeRF support rays)."""
-    t = t_full(t or lcfg.t_min, len(images), images.device)
-    scale = c_in(t, lcfg).reshape(-1, *([1] * (images.dim() - 1)))
-    return model.encode(scale * images, c_noise(t), query)
+    return model.encode(*net_inputs(images, t_full(lcfg.t_min, len(images), images.device), lcfg), query)
+
+
+def keeping_beta(model, chunk=None):
+    """model as consistency_fn's net, remembering the INR tokens of its last call (to render them elsewhere)."""
+    def net(support, c_noise, query):
+        net.beta = model.encode(support, c_noise, query)
+        return model.inr.render(net.beta, query, chunk)
+    return net
 
 
 def reencodes(steps, lcfg):
@@ -69,29 +78,26 @@ def generate(model, seeds, steps, lcfg, resolution=None, chunk=4096):
     """(grid images at the training resolution, INR renders at `resolution`), both (B, 3, H, W) in [-1, 1]."""
     dev = next(model.parameters()).device
     R = model.inr.resolution
-    n, grid = len(seeds), make_grid(R, R, dev)
-    x_T = T_MAX * per_image_noise(seeds, (3, R, R), dev)
-    t = t_full(T_MAX, n, dev)
-
-    def f(x, t):  # the consistency function on the grid, and the INR tokens behind it
-        beta = model.encode(c_in(t, lcfg)[:, None, None, None] * x, c_noise(t))
-        raw = model.inr.render(beta, grid, chunk)
-        return c_skip(t, lcfg)[:, None, None, None] * x + c_out(t, lcfg)[:, None, None, None] * raw, beta
-
-    image, beta = f(x_T, t)
+    n, grid, net = len(seeds), make_grid(R, R, dev), keeping_beta(model, chunk)
+    x = lcfg.t_max * per_image_noise(seeds, (3, R, R), dev)
+    t = t_full(lcfg.t_max, n, dev)
+    image, _ = consistency_fn(net, x, x, t, grid, lcfg)
     if steps == 2:  # ECT/iCT: noise the 1-step image back to t_mid with fresh noise and apply f again
         z = per_image_noise([s + 1_000_000_007 for s in seeds], (3, R, R), dev)
         t = t_full(T_MID, n, dev)
-        image, beta = f(image + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t)
+        x = image + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z
+        image, _ = consistency_fn(net, x, x, t, grid, lcfg)
     if resolution in (None, R):
         return image, image
     big = make_grid(resolution, resolution, dev)
     if reencodes(steps, lcfg):  # off the grid only: on it, f(x, t_mid) is the sample itself
         return image, model.inr.render(encode(model, image.clamp(-1, 1), lcfg), big, chunk)
-    return image, c_out(t, lcfg)[:, None, None, None] * model.inr.render(beta, big, chunk)
+    # off the grid f is c_out(t) M_beta: the skip term c_skip x has no continuous form (c_skip(T) ~ 4e-5)
+    render_big = lambda *_: model.inr.render(net.beta, big, chunk)  # noqa: E731  the INR of the last f, resized
+    return image, consistency_fn(render_big, x, 0, t, big, lcfg)[0]
 
 
-def karras_times(n, t_max=T_MAX, t_min=0.002, rho=7.0):
+def karras_times(n, t_max=80.0, t_min=0.002, rho=7.0):
     """EDM's n noise levels from t_max to t_min (denser near t_min), then 0."""
     i = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
     t = (t_max ** (1 / rho) + i * (t_min ** (1 / rho) - t_max ** (1 / rho))) ** rho
@@ -116,7 +122,7 @@ def generate_ode(model, seeds, n_steps, lcfg):
 
     def denoise(x, t):
         return consistency_fn(model, x, x, t_full(t, len(x), dev), grid, lcfg)[0]
-    return ode_sample(denoise, T_MAX * per_image_noise(seeds, (3, R, R), dev), karras_times(n_steps))
+    return ode_sample(denoise, lcfg.t_max * per_image_noise(seeds, (3, R, R), dev), karras_times(n_steps, lcfg.t_max))
 
 
 @torch.no_grad()
@@ -144,26 +150,14 @@ def interleave(a, b):
 
 def dataset_split(cfg, split='test'):
     """The test (or train) split of the dataset a checkpoint was trained on."""
-    from data import load_dataset
     return load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
                         cfg['cache_dir'])
 
 
 def load_model(path, weights='ema', device='cpu'):
-    """Model (eval mode, chosen weights) and the training config stored in a checkpoint."""
-    from model import build_from_config
-    from train import defaults, load_checkpoint
-    ckpt = load_checkpoint(path)
-    cfg = {**defaults(), 'time_scale': 1000.0, **ckpt['config']}  # checkpoints older than the key used 1000
-    model = build_from_config(cfg)
-    if weights == 'ema' and ckpt['step'] <= cfg['warmup_iters']:
-        weights = 'model'  # the EMA starts when warm-up ends: before that it is the initial weights
-    bad = [k for k, v in ckpt[weights].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(f"{path}: the {weights} weights hold non-finite values ({', '.join(bad[:3])}); the run "
-                         f"diverged before this checkpoint was written. Use an earlier checkpoint")
-    model.load_state_dict(ckpt[weights])
-    return model.to(device).eval(), cfg, ckpt['step']
+    """(model in eval mode with the chosen weights, training config, LossConfig, step) of a checkpoint."""
+    model, ckpt = inrct_model.load(path, weights, device)
+    return model, ckpt['config'], LossConfig(**ckpt['loss']), ckpt['step']
 
 
 @torch.no_grad()
@@ -173,7 +167,7 @@ def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None, split='
     R = cfg['resolution']
     test = dataset_split(cfg, split)
     n = min(limit or len(test), len(test))
-    scales = (1, 2, 4) if cfg['dataset'] == 'shapes' else (1,)
+    scales = (1, 2, 4) if getattr(test, 'any_resolution', False) else (1,)  # analytic data: the INR off the grid
     scores = {s: [] for s in scales}
     for i in tqdm(range(0, n, batch), desc='encoding', leave=False):
         idx = list(range(i, min(i + batch, n)))
@@ -194,7 +188,7 @@ def evaluate_encoding(model, cfg, lcfg, batch=64, limit=0, out_png=None, split='
 @torch.no_grad()
 def evaluate_denoising(model, cfg, lcfg, ts=(0.01, 0.0865, 0.3, 0.821, 2.0, 10.0, 80.0), limit=64, seed=0):
     """PSNR of f(x + t z, t) against x on the first `limit` test images, next to the noisy x + t z itself and the
-    split's mean image: how well the consistency function denoises at each t (README, configs/shapes.py)."""
+    split's mean image: how well the consistency function denoises at each t."""
     dev = next(model.parameters()).device
     R = cfg['resolution']
     test = dataset_split(cfg)
@@ -213,7 +207,6 @@ def evaluate_denoising(model, cfg, lcfg, ts=(0.01, 0.0865, 0.3, 0.821, 2.0, 10.0
 # --- NeRF: single-view encoding to novel views, and generation along an orbit ---------------------------
 def nerf_views(dataset, scene, views, device):
     """Views of one scene -> images (V, 3, H, W) in [-1, 1] and their rays (V, H, W, 3)."""
-    from nerf import get_rays
     images, poses, (f, cx, cy) = dataset.get(scene, views)
     x = to_float(images)
     o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])
@@ -250,31 +243,29 @@ def generate_nerf(model, seeds, lcfg, support_rays, rays, steps=1):
     under query_skip False). 2 steps: view that object from the support camera, add noise to t_mid and encode
     at t_mid; without the query skip f is the render, so that INR is the result; under Eq. 12 f at the support
     view mixes c_skip(t_mid) of the noisy view in, so that image is re-encoded at t_min (one more NFE), as for
-    images. The second step turns the 1-step blobs of the shapes3d demo into shaded solids (README)."""
+    images. The second step turns the 1-step blobs of the shapes3d demo into shaded solids (docs/nerf.md)."""
     dev = next(model.parameters()).device
     R = model.inr.resolution
     n, (P, H, W) = len(seeds), rays[0].shape[:3]
     support_rays = tuple(v.reshape(1, R, R, 3) for v in support_rays)
-    x, t = T_MAX * per_image_noise(seeds, (1, 3, R, R), dev), t_full(T_MAX, n, dev)
+    x, t = lcfg.t_max * per_image_noise(seeds, (1, 3, R, R), dev), t_full(lcfg.t_max, n, dev)
     if steps == 2:
         x1 = generate_nerf(model, seeds, lcfg, support_rays, support_rays)           # (n, 1, 3, R, R)
         z = per_image_noise([s + 1_000_000_007 for s in seeds], (1, 3, R, R), dev)
         x, t = x1 + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t_full(T_MID, n, dev)
-    skip = reencodes(steps, lcfg)  # then f(x, t_mid) is an image of the support view
-    query = nerf_query(support_rays, support_rays if skip else rays, n)
-    beta = model.encode(c_in(t, lcfg)[:, None, None, None, None] * x, c_noise(t), query)
-    out = c_out(t, lcfg)[:, None, None] * model.inr.render(beta, query)                 # (n, rays, 3)
-    if skip:  # ... with c_skip(t_mid) of the noisy view in it: re-encode it at t_min to get a NeRF
-        f = c_skip(t, lcfg)[:, None, None, None, None] * x + out.reshape(n, 1, R, R, 3).permute(0, 1, 4, 2, 3)
-        query = nerf_query(support_rays, rays, n)
-        out = model.inr.render(encode(model, f.clamp(-1, 1), lcfg, query=query), query)
+    if reencodes(steps, lcfg):  # f at the support view holds c_skip(t_mid) of its noisy input: re-encode that image
+        as_rays = x.permute(0, 1, 3, 4, 2).reshape(n, R * R, 3)
+        f, _ = consistency_fn(model, x, as_rays, t, nerf_query(support_rays, support_rays, n), lcfg)
+        x, t = f.reshape(n, 1, R, R, 3).permute(0, 1, 4, 2, 3).clamp(-1, 1), t_full(lcfg.t_min, n, dev)
+        _, out = consistency_fn(model, x, 0, t, nerf_query(support_rays, rays, n), lcfg)  # the raw render at t_min
+    else:  # a ray has no noisy input to skip to (c_skip 0 at t_mid; 4e-5 at T): f is c_out M_beta
+        out, _ = consistency_fn(model, x, 0, t, nerf_query(support_rays, rays, n), lcfg)
     return out.reshape(n, P, H, W, 3).permute(0, 1, 4, 2, 3)
 
 
 def orbit_rays(dataset, frames, device, resolution=0):
     """Rays of `frames` cameras on an upper-hemisphere orbit at the dataset's camera distance, (P, R, R, 3) x 2,
     R = resolution (0: the dataset's; the focal length scales with it, so the view is the same)."""
-    from nerf import get_rays, hemisphere_poses_for
     poses, focal = hemisphere_poses_for(dataset, frames)
     R = resolution or dataset.resolution
     return get_rays(torch.stack(poses).to(device), focal * R / dataset.resolution, R / 2, R / 2, R, R)
@@ -400,13 +391,8 @@ def main(argv):
     a = p.parse_args(argv)
     if a.resolution < 0 or a.n < 1:
         p.error('--resolution must be >= 0 and --n >= 1')
-    dev = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else
-                       ('cpu' if a.device == 'auto' else a.device))
-    from train import loss_config
-    model, cfg, step = load_model(a.ckpt, a.weights, dev)
-    lcfg = loss_config(cfg)
-    from model import NERF_DATASETS
-    if cfg['dataset'] in NERF_DATASETS:
+    model, cfg, lcfg, step = load_model(a.ckpt, a.weights, inrct_model.pick_device(a.device))
+    if cfg['modality'] == 'nerf':
         if a.denoise or a.ode:
             p.error('--denoise and --ode take an image checkpoint; for a NeRF use --encode or --steps')
         if a.encode:

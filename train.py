@@ -9,7 +9,7 @@ Every schedule (ETS phase, ECT stage, EMA, data order, noise) is a pure function
 """
 import atexit
 import copy
-from contextlib import nullcontext
+from dataclasses import asdict
 import difflib
 import glob
 import json
@@ -25,9 +25,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from data import SRNDataset, load_dataset
+from inr import jitter_grid, make_grid, to_float
+from losses import INRCTLoss, LossConfig, train_step
+from model import INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
+from nerf import nerf_batch
+import sample
+
 # -----------------------------------------------------------------------------
 # defaults (each can be overridden by configs/<dataset>.py, then by --key=value or --key value)
 dataset = 'shapes'        # images: shapes | cifar10 | celeba | folder; NeRF: shapes3d | srn_cars
+modality = 'image'        # what the INR represents: 'image' | 'nerf' (configs/shapes3d.py, srn_cars.py)
 config = ''               # preset file configs/<config>.py ('' = configs/<dataset>.py), e.g. --config shapes_gen
 data_dir = ''
 cache_dir = ''            # where celeba's .npy cache goes ('' = ~/.cache/inrct)
@@ -49,10 +57,8 @@ batch_size = 32           # global batch, over all processes and accumulation st
 micro_batch = 0           # per-process forward size (0 = the whole per-process batch)
 lr = 1e-4
 lr_full = 0.0             # lr from the end of the warm-up on (0 = lr); the CPU default warms up faster than it trains
-grad_clip = 1.0           # global grad-norm clip (0 = off); tames RAdam's un-rectified first steps and
-                          # keeps consistency training stable (without it the tiny run fell 26.6 -> 16.3 dB)
-                          # and the NeRF's ReLU density alive (shapes3d v1, --seed 0 --grad_clip 0: every density
-                          # negative, no gradient left, all-white views at 11.0 dB by step 400; 14.0 with it)
+grad_clip = 1.0           # global grad-norm clip (0 = off): tames RAdam's un-rectified first steps, keeps
+                          # consistency training stable and the NeRF's ReLU density alive (docs/design-notes.md)
 max_iters = 1500
 warmup_iters = 800        # ETS reconstruction-only steps
 ect_d = 100               # ECT stage length in steps
@@ -83,6 +89,7 @@ ckpt_interval = 250
 device = 'auto'           # auto | cpu | cuda
 compile = False           # torch.compile the model (GPU)
 dry_run = False           # build everything, print the config and parameter count, exit
+upgrade_checkpoint = ''   # PATH: give an older checkpoint its model and loss settings (for sample.py, fid.py), exit
 # -----------------------------------------------------------------------------
 # architecture keys: a checkpoint can only be resumed or sampled with the same values
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
@@ -163,7 +170,7 @@ def preset_value(path, key, value, default):
 
 
 DATASETS = ('shapes', 'cifar10', 'celeba', 'folder', 'shapes3d', 'srn_cars')
-CHOICES = {'dataset': DATASETS, 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
+CHOICES = {'dataset': DATASETS, 'modality': ('image', 'nerf'), 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
            'weighting': ('inv_dt', 'ect', 'uniform'), 'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
@@ -175,7 +182,6 @@ UNIT_INTERVAL = ('ema_decay', 'teacher_ema', 'dropout')  # [0, 1)
 
 def check_config(cfg):
     """Every value a run cannot use, all reported at once, before anything is built or read."""
-    from model import INRCT_models
     bad = []
     for k, choices in {**CHOICES, 'preset': tuple(INRCT_models)}.items():
         if cfg[k] not in choices:
@@ -201,11 +207,11 @@ def check_config(cfg):
 
 
 def loss_config(cfg):
-    from losses import LossConfig
-    cfg = {**defaults(), **cfg}  # checkpoints from before a key existed get its default
+    """The LossConfig a config describes (the one place that maps config keys to the loss)."""
+    cfg = {**defaults(), **cfg}  # configs of checkpoints from before a key existed get its default
     return LossConfig(sigma_data=cfg['sigma_data'], d=cfg['ect_d'], warmup_iters=cfg['warmup_iters'],
                       stage0_iters=cfg['ect_stage0'], max_stage=cfg['ect_max_stage'], weighting=cfg['weighting'],
-                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], teacher_ema=cfg['teacher_ema'],
+                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'],
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
                       P_mean=cfg['p_mean'], P_std=cfg['p_std'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
@@ -223,33 +229,18 @@ def batch_indices(seed, step, batch, n):
     return torch.randint(0, n, (batch,), generator=g)
 
 
-@torch.no_grad()
-def update_ema(ema, model, decay):
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1 - decay)
-
-
-def save_checkpoint(obj, path):
-    """Write to a temporary file, fsync, then rename: a crash mid-write never replaces the good file."""
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def model_args(cfg):
+    """build_model's arguments for a config (the one place that maps config keys to the model); checkpoints
+    store them, so sample.py and fid.py rebuild the model from the checkpoint alone."""
+    return dict(preset=cfg['preset'], resolution=cfg['resolution'], patch=cfg['patch'], pe_sigma=cfg['pe_sigma'],
+                dropout=cfg['dropout'], modality=cfg['modality'], near=cfg['near'], far=cfg['far'],
+                n_samples=cfg['n_samples'], local_gate=cfg['local_gate'], sigma_data=cfg['sigma_data'],
+                time_embed=cfg['time_embed'], time_scale=cfg['time_scale'], inr=cfg['inr'])
 
 
 def load_checkpoint(path, cfg=None):
     """Load a checkpoint on CPU; with cfg, refuse one whose architecture keys differ."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python train.py) or fix --out_dir/--ckpt")
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {str(e)[:200]}); pass the ckpt.pt "
-                         f"that train.py writes") from None
-    if not isinstance(ckpt, dict) or 'config' not in ckpt:
-        raise ValueError(f"{path} is a torch file but not a train.py checkpoint (no 'config' entry)")
+    ckpt = read_checkpoint(path)
     if cfg is not None:
         diff = {k: (ckpt['config'].get(k), cfg[k]) for k in ARCH_KEYS if ckpt['config'].get(k) != cfg[k]}
         if diff:
@@ -259,21 +250,29 @@ def load_checkpoint(path, cfg=None):
     return ckpt
 
 
+def add_model_settings(path):
+    """Give a checkpoint from before self-describing checkpoints its model_args and loss settings, in place."""
+    ckpt = read_checkpoint(path)
+    patch, channels = ckpt['config']['patch'], ckpt['model']['hyper.embed.weight'].shape[1]
+    legacy = {'time_scale': 1000.0,  # what those checkpoints were trained with before the keys existed
+              'modality': 'nerf' if channels == 9 * patch ** 2 else 'image'}  # NeRF tokens: [rgb, origin, dir]
+    cfg = {**defaults(), **legacy, **ckpt['config']}
+    ckpt.update(config=cfg, model_args=model_args(cfg), loss=asdict(loss_config(cfg)))
+    save_checkpoint(ckpt, path)
+    print(f"{path}: model_args and loss settings written (step {ckpt['step']})")
+
+
 def main(argv):
     cfg = parse_config(argv)
-    from data import load_dataset
-    from inr import make_grid, jitter_grid, to_float
-    from losses import INRCTLoss
-    from model import NERF_DATASETS, build_from_config, count_params
-    from nerf import nerf_batch
-    import sample
+    if cfg['upgrade_checkpoint']:
+        return add_model_settings(cfg['upgrade_checkpoint'])
 
     # --- processes and devices ---
     ddp = 'RANK' in os.environ
     rank, world, local_rank = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE']),
                                int(os.environ['LOCAL_RANK'])) if ddp else (0, 1, 0)
-    use_cuda = cfg['device'] == 'cuda' or (cfg['device'] == 'auto' and torch.cuda.is_available())
-    dev = torch.device(f'cuda:{local_rank}' if use_cuda else 'cpu')
+    dev = pick_device(cfg['device'], local_rank)
+    use_cuda = dev.type == 'cuda'
     per_rank = cfg['batch_size'] // world
     if per_rank * world != cfg['batch_size']:
         raise ValueError(f"--batch_size {cfg['batch_size']} must be a multiple of the {world} processes")
@@ -292,8 +291,8 @@ def main(argv):
 
     # --- model, optimiser, EMA, data ---
     torch.manual_seed(cfg['seed'])
-    nerf = cfg['dataset'] in NERF_DATASETS
-    model = build_from_config(cfg).to(dev)
+    nerf = cfg['modality'] == 'nerf'
+    model = build_model(**model_args(cfg)).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg['teacher_ema'] > 0 else None
     opt = torch.optim.RAdam(model.parameters(), lr=cfg['lr'])
@@ -305,6 +304,10 @@ def main(argv):
                              cfg['test_fraction'], cfg['cache_dir'])
     test_set = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'],
                             cfg['test_fraction'], cfg['cache_dir'])
+    if nerf != isinstance(train_set, SRNDataset):
+        raise ValueError(f"--dataset {cfg['dataset']} is {'multi-view' if isinstance(train_set, SRNDataset) else 'images'}"
+                         f", but --modality is {cfg['modality']!r}; set --modality "
+                         f"{'nerf' if isinstance(train_set, SRNDataset) else 'image'}")
     if cfg['dry_run']:
         print(f"train {len(train_set)} / test {len(test_set)} images; dry run, exiting")
         return cleanup(ddp)
@@ -344,7 +347,8 @@ def main(argv):
             return False
         save_checkpoint({'model': model.state_dict(), 'ema': ema.state_dict(), 'optimizer': opt.state_dict(),
                          'teacher': teacher.state_dict() if teacher is not None else None,
-                         'step': step, 'config': cfg, 'rng': torch.get_rng_state()}, ckpt_path)
+                         'step': step, 'config': cfg, 'model_args': model_args(cfg),
+                         'loss': asdict(loss_fn.cfg), 'rng': torch.get_rng_state()}, ckpt_path)
         return True
 
     # --- the loop ---
@@ -353,58 +357,39 @@ def main(argv):
     signal.signal(signal.SIGINT, lambda *_: interrupted.append('SIGINT') if not interrupted else force_quit())
     t_start = t_log = time.time()
     sums, n_sums = {}, 0
-    bad_streak, skipped, updating = 0, 0, False
+    bad_streak, skipped = 0, 0
     bar = tqdm(total=cfg['max_iters'], initial=step, disable=not master, desc='train', dynamic_ncols=True)
     try:
         while step < cfg['max_iters']:
             warm = step < cfg['warmup_iters']
             idx = batch_indices(cfg['seed'], step, cfg['batch_size'], len(train_set))
-            for m in range(accum):
+
+            def micro_batch(m):  # the batch and RNG of micro-step m of this rank (seeded by step and slot)
                 slot = rank * accum + m
-                part = idx[slot * micro:(slot + 1) * micro]
+                part = idx[slot * micro:(slot + 1) * micro].tolist()
                 g = step_generator(cfg['seed'], step, slot, dev)
                 torch.manual_seed(cfg['seed'] * 1_000_003 + step * 4099 + slot)  # dropout masks
                 if nerf:
-                    batch = nerf_batch(train_set, part.tolist(), cfg['rays_per_object'], cfg['n_samples'],
-                                       step_generator(cfg['seed'], step, slot + 65536, 'cpu'), dev)
-                else:
-                    x = to_float(train_set.get(part.tolist())).to(dev)
-                    batch = {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), g)}
-                sync = m == accum - 1 or not ddp
-                with (net.no_sync() if ddp and not sync else nullcontext()), autocast:
-                    # the teacher pass runs on the unwrapped model: no DDP hooks or collectives in it
-                    loss, parts = loss_fn(net, batch, step, g, teacher or model)
-                    (loss / accum).backward()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v / accum
-                sums['loss'] = sums.get('loss', 0.0) + loss.item() / accum
+                    return nerf_batch(train_set, part, cfg['rays_per_object'], cfg['n_samples'],
+                                      step_generator(cfg['seed'], step, slot + 65536, 'cpu'), dev), g
+                x = to_float(train_set.get(part)).to(dev)
+                return {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), g)}, g
+
+            finite, parts, lr = train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg,
+                                           autocast, ddp)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
             n_sums += 1
-            # the all-reduced gradient norm: every rank sees the same value, so all skip or step together
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'] or math.inf)
-            lr = cfg['lr'] if warm or not cfg['lr_full'] else cfg['lr_full']
-            if not math.isfinite(norm.item()):  # skip: no update, no EMA; the schedule still moves on with step
-                opt.zero_grad(set_to_none=True)
-                bad_streak, skipped = bad_streak + 1, skipped + 1
+            bad_streak = 0 if finite else bad_streak + 1
+            skipped += not finite
+            if not finite:
                 if master:
                     bar.write(f"step {step + 1}: non-finite loss or gradient, step skipped ({bad_streak} in a row)")
                 if bad_streak >= cfg['nonfinite_limit']:
                     if master:
                         log_json(cfg['out_dir'], {'step': step + 1, 'skipped_steps': skipped, 'diverged': True})
                     raise Diverged(f"training diverged: {bad_streak} non-finite steps in a row (to step {step + 1})")
-            else:
-                updating = True  # a failure from here to `step += 1` leaves no whole step to checkpoint
-                bad_streak = 0
-                for group in opt.param_groups:
-                    group['lr'] = lr
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                if not warm:  # no EMA during warm-up; the first full step copies the weights (decay 0)
-                    first = step == cfg['warmup_iters']
-                    update_ema(ema, model, 0.0 if first else cfg['ema_decay'])
-                    if teacher is not None:
-                        update_ema(teacher, model, 0.0 if first else cfg['teacher_ema'])
             step += 1
-            updating = False
             bar.update(1)
 
             if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
@@ -439,7 +424,7 @@ def main(argv):
                        f"--lr_full, or look for bad data, then --resume") from None
     except BaseException as e:  # a crash (or a forced quit) keeps the run up to its last whole step
         bar.close()
-        if not updating and checkpoint():
+        if not getattr(e, 'inside_update', False) and checkpoint():
             print(f"{type(e).__name__} at step {step}: checkpoint of step {step} written to {ckpt_path}; "
                   f"fix the cause and --resume", file=sys.stderr)
         else:

@@ -1,6 +1,7 @@
 # Offline NeRF default: procedural 3D objects (200 train / 16 test, 24 views, 32^2, SRN layout, generated
 # once into ~/.cache/inrct), tiny model; meant for 2 CPU cores.
 dataset = 'shapes3d'
+modality = 'nerf'
 resolution = 32
 preset = 'tiny'
 patch = 4
@@ -15,15 +16,12 @@ warmup_iters = 2500
 ect_d = 125
 lambda_recon = 10.0
 lambda_diff = 10.0
-query_skip = False # f = the render alone: the query view's noise is nothing the network sees (losses.consistency_fn).
-                   # Measured (this preset, 19 min): novel views 20.66 dB against 20.12 with Eq. 12's skip
-                   # (copying the support view: 19.91); L_diff x 10 anchors f(x, ~0) = O_q instead (README, NeRF)
-local_gate = False # the local query start stays ungated here (model.HyperNetwork.local_gate, on for images): same run
-                   # with it, novel views 20.69 dB against 20.72 without, but 1-/2-step orbits of small muted spheres
-                   # with floaters, mNIF pixel FD 41.7 / 38.4 against 11.5 / 8.9 (README, NeRF demo row)
+query_skip = False # f = the render alone: the query view's noise is nothing the network sees; lambda_diff 10
+                   # anchors f(x, ~0) = O_q instead (docs/nerf.md)
+local_gate = False # ungated here: the gate left 2-step orbits muted with floaters (docs/nerf.md)
 ema_decay = 0.995
 log_interval = 100
 sample_interval = 400
 ckpt_interval = 400
 max_minutes = 19.0
-time_scale = 1000.0      # the NeRF presets keep the time ladder they were measured with (docs/generation.md)
+time_scale = 1000.0 # the NeRF presets keep the time ladder they were measured with (docs/generation.md)

@@ -1,6 +1,7 @@
 # SRN Cars 128^2 (paper App. B/C.2): patch 8, NeRF MLP 6 x 256, batch 128, 6,000 epochs of which 1,000
 # reconstruction-only; 1 random support + 1 random query view per object. --data_dir holds cars_train/, cars_test/.
 dataset = 'srn_cars'
+modality = 'nerf'
 resolution = 128
 preset = 'paper'
 patch = 8
@@ -10,9 +11,8 @@ n_samples = 64
 near = 0.8
 far = 1.8
 sigma_data = 1.0         # a NeRF renders in [-1, 1]: c_out(80) must be ~1, not 0.5, or generated objects
-                         # can only reach half the colour range (README, NeRF)
-local_gate = False       # as configs/shapes3d.py, the one NeRF preset measured both ways (generation FD 11.5 / 8.9
-                         # without the gate, 41.7 / 38.4 with it); not yet measured on SRN Cars itself
+                         # can only reach half the colour range (docs/nerf.md)
+local_gate = False       # as configs/shapes3d.py (measured there, not yet on SRN Cars)
 lr = 1e-4
 max_iters = 115_000      # 6,000 epochs x 2,458 objects / 128
 warmup_iters = 19_200    # 1,000 epochs

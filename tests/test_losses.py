@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, consistency_fn, diff_mask, distance,
-                    ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, render_gradient_scale, sample_t)
+                    ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, sample_t)
 
 # SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
 PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
@@ -170,6 +170,7 @@ def test_loss_composes_the_three_terms_as_eq17(step):
 # stand-in render below does not depend on t, so f(t) = f(r) and L_gene pulls on nothing
 @pytest.mark.parametrize('step,query_skip', [(10, True), (35, True), (10, False)])
 def test_render_gradient_scale_matches_autograd(step, query_skip):
+    from tools.gradient_share import render_gradient_scale
     """Per-sample norm of d loss / d render against render_gradient_scale: equal in stage 0 without recon
     samples (the terms pull one way), equal for samples with gene only, never above it."""
     cfg = LossConfig(warmup_iters=10, d=10, lambdas=(1.0, 3.0, 2.0), query_skip=query_skip)

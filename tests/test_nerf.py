@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import (SHAPES3D_FOCAL, SRNDataset, hemisphere_poses, read_srn_intrinsics, read_srn_pose,
-                  render_shapes3d, shapes3d_cache, shapes3d_depth_ambiguity, shapes3d_parts, write_shapes3d)
+from data import (SHAPES3D_FOCAL, SRNDataset, read_srn_intrinsics, read_srn_pose, render_shapes3d, shapes3d_cache,
+                  shapes3d_parts, write_shapes3d)
 from model import HyperConfig, HyperNetwork
-from nerf import NeRFINR, check_pose, get_rays, look_at, nerf_batch, srn_to_opengl, volume_render
+from nerf import NeRFINR, check_pose, get_rays, hemisphere_poses, look_at, nerf_batch, srn_to_opengl, volume_render
 
 
 def passes_through_origin(o, d):
@@ -169,6 +169,7 @@ def test_shapes3d_objects_are_centred_so_a_lone_sphere_sits_in_the_middle_of_eve
 def test_shapes3d_depth_ambiguity_costs_more_the_further_the_object_moves():
     """`python data.py`: moving objects along the support camera's axis hurts the other views more the further
     they move, and hedging over the depths (truth included) beats one wrong guess."""
+    from tools.depth_ambiguity import shapes3d_depth_ambiguity
     r = shapes3d_depth_ambiguity((0.02, 0.2), n_objects=2, n_views=4, resolution=16)
     assert r[0.2][0] < r[0.02][0] - 3 and r[0.2][1] < r[0.02][1]
     assert all(hedged > wrong for wrong, hedged in r.values())
@@ -300,7 +301,7 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
     import fid
     import sample
     from train import loss_config
-    model, cfg, _ = sample.load_model(ckpt)
+    model, cfg, _, _ = sample.load_model(ckpt)
     assert np.array_equal(np.concatenate(list(sample.nerf_fid_samples(model, cfg, loss_config(cfg)))), gen)  # per-scene seeds
     assert not np.array_equal(gen[:4], gen[4:])  # a different object for each scene
     real = np.concatenate(list(sample.nerf_fid_reference(cfg)))
@@ -326,11 +327,11 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
 def tiny_nerf(dataset):
     """An untrained tiny NeRF model of a preset at 16^2, its loss config and one camera looking at the origin."""
     import train
-    from model import build_from_config
+    from model import build_model
     cfg = train.parse_config(['--dataset', dataset, '--preset', 'tiny', '--resolution', '16', '--patch', '4'])
     torch.manual_seed(0)
     camera = get_rays(look_at((0.0, -1.3, 0.6)), 19.2, 8, 8, 16, 16)
-    return build_from_config(cfg).eval(), train.loss_config(cfg), camera
+    return build_model(**train.model_args(cfg)).eval(), train.loss_config(cfg), camera
 
 
 @pytest.mark.parametrize('steps', [1, 2])

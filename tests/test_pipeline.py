@@ -183,7 +183,7 @@ def trained_ckpt(tmp_path_factory):
 @pytest.mark.parametrize('steps', [1, 2])
 def test_generate_shapes_at_several_resolutions(trained_ckpt, steps):
     import sample
-    model, cfg, _ = sample.load_model(trained_ckpt)
+    model, cfg, _, _ = sample.load_model(trained_ckpt)
     lcfg = train.loss_config(cfg)
     for res in (16, 32, 48, 96):
         grid_img, inr_img = sample.generate(model, [0, 1, 2], steps, lcfg, res)
@@ -193,6 +193,28 @@ def test_generate_shapes_at_several_resolutions(trained_ckpt, steps):
     a, _ = sample.generate(model, [5, 6], steps, lcfg)
     b, _ = sample.generate(model, [6], steps, lcfg)
     assert torch.allclose(a[1], b[0], atol=1e-5)
+
+
+def test_checkpoint_rebuilds_its_model_alone_and_old_ones_are_refused_until_upgraded(trained_ckpt, tmp_path):
+    import sample
+    model, cfg, lcfg, _ = sample.load_model(trained_ckpt)
+    want, _ = sample.generate(model, [1, 2], 2, lcfg)
+    ckpt = torch.load(trained_ckpt, weights_only=True)
+    assert ckpt['model_args'] == train.model_args(ckpt['config']) and lcfg == train.loss_config(ckpt['config'])
+    old = str(tmp_path / 'old.pt')  # as written before checkpoints carried their settings
+    for k in ('model_args', 'loss'):
+        del ckpt[k]
+    for k in ('modality', 'time_scale'):
+        del ckpt['config'][k]
+    torch.save(ckpt, old)
+    r = run([sys.executable, 'sample.py', '--ckpt', old, '--out', str(tmp_path / 'x.png')])
+    assert r.returncode != 0 and f'python train.py --upgrade_checkpoint {old}' in r.stderr
+    ckpt['config']['time_scale'] = 1.0  # this one was trained after the key existed
+    torch.save(ckpt, old)
+    r = run([sys.executable, 'train.py', '--upgrade_checkpoint', old])
+    assert r.returncode == 0, r.stderr[-2000:]
+    model, cfg, lcfg, _ = sample.load_model(old)
+    assert cfg['modality'] == 'image' and torch.equal(sample.generate(model, [1, 2], 2, lcfg)[0], want)
 
 
 def test_ode_sampler_against_the_closed_form_of_gaussian_data():
@@ -212,7 +234,7 @@ def test_ode_sampler_against_the_closed_form_of_gaussian_data():
 
 def test_ode_samples_of_a_checkpoint_are_finite_and_seeded(trained_ckpt):
     import sample
-    model, cfg, _ = sample.load_model(trained_ckpt)
+    model, cfg, _, _ = sample.load_model(trained_ckpt)
     a = sample.generate_ode(model, [3, 4], 4, train.loss_config(cfg))
     b = sample.generate_ode(model, [4], 4, train.loss_config(cfg))
     assert a.shape == (2, 3, 32, 32) and torch.isfinite(a).all() and torch.allclose(a[1], b[0], atol=1e-5)
@@ -221,10 +243,10 @@ def test_ode_samples_of_a_checkpoint_are_finite_and_seeded(trained_ckpt):
 def tiny_image(query_skip, boundary_sigma=0.0):
     """An untrained model of the default config, with or without the query skip (and the boundary skip), and its
     loss config."""
-    from model import build_from_config
+    from model import build_model
     cfg = train.parse_config(['--query_skip', str(query_skip), '--boundary_sigma', str(boundary_sigma)])
     torch.manual_seed(0)
-    return build_from_config(cfg).eval(), cfg, train.loss_config(cfg)
+    return build_model(**train.model_args(cfg)).eval(), cfg, train.loss_config(cfg)
 
 
 @pytest.mark.parametrize('query_skip,boundary_sigma', [(True, 0.0), (False, 0.0), (False, 0.02)])
@@ -333,7 +355,7 @@ def test_one_step_generation_learns_a_two_image_dataset(tmp_path):
              '--warmup_iters', '50', '--ect_d', '100', '--max_iters', '600', '--ema_decay', '0.99',
              '--sample_interval', '1000', '--ckpt_interval', '1000', '--max_minutes', '0', '--out_dir', out])
     assert r.returncode == 0, r.stderr[-2000:]
-    model, cfg, _ = sample.load_model(os.path.join(out, 'ckpt.pt'))
+    model, cfg, _, _ = sample.load_model(os.path.join(out, 'ckpt.pt'))
     images = to_float(sample.dataset_split(cfg, 'train').get([0, 1]))
     gen, _ = sample.generate(model, list(range(64)), 1, train.loss_config(cfg))
     gen = gen.clamp(-1, 1)
