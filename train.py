@@ -424,12 +424,13 @@ def main(argv):
                        f"--lr_full, or look for bad data, then --resume") from None
     except BaseException as e:  # a crash (or a forced quit) keeps the run up to its last whole step
         bar.close()
-        if not getattr(e, 'inside_update', False) and checkpoint():
+        partial = getattr(e, 'inside_update', False)  # the weights are part-updated: no state to save
+        if master and not partial and checkpoint():
             print(f"{type(e).__name__} at step {step}: checkpoint of step {step} written to {ckpt_path}; "
                   f"fix the cause and --resume", file=sys.stderr)
-        else:
-            print(f"{type(e).__name__} inside the update of step {step + 1}: {last_good(ckpt_path)}",
-                  file=sys.stderr)
+        elif master:
+            print(f"{type(e).__name__} at step {step}{' inside the parameter update' if partial else ''}: "
+                  f"no checkpoint written; {last_good(ckpt_path)}", file=sys.stderr)
         raise
     bar.close()
     if not checkpoint():
