@@ -300,6 +300,8 @@ def main(argv):
         print(json.dumps(cfg, indent=1))
         print(f"params: {count_params(model)}")
         print(f"processes {world} x accumulation {accum} x micro-batch {micro} = batch {cfg['batch_size']} on {dev}")
+    if master and not cfg['dry_run']:
+        claim_out_dir(cfg)  # before the data: a run that may not start should not first load a dataset
     train_set = load_dataset(cfg['dataset'], 'train', cfg['resolution'], cfg['data_dir'], cfg['seed'],
                              cfg['test_fraction'], cfg['cache_dir'])
     test_set = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'],
@@ -314,8 +316,6 @@ def main(argv):
 
     step = 0
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
-    if master:
-        claim_out_dir(cfg)
     if cfg['resume']:
         ckpt = load_checkpoint(ckpt_path, cfg)
         model.load_state_dict(ckpt['model'])
