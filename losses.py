@@ -24,7 +24,8 @@ class LossConfig:
     stage0_iters: int = 0       # steps of stage 0 (r = 0: denoising at every t) after the warm-up; 0: d
     max_stage: int = 0          # stop tightening dt at this stage (paper: "stop when dt is too small"); 0: never
     weighting: str = 'inv_dt'   # 'inv_dt': w = 1/(t - r); 'ect': c_out(t)/(t - r) without the query skip (ECT's
-                                # pull on its network output); 'uniform': t/(t - r), every t pulls alike (loss_weight)
+                                # pull on its network output); 'uniform': t/(t - r), every t pulls alike (loss_weight);
+                                # 'uniform_gene': that for L_gene only, 1/(t - r) for the anchors (anchor_weight)
     t_eps1: float = 0.007       # L_recon below this t
     t_eps2: float = 0.0865      # L_diff below this t (first 25% of LogNormal(-1.1, 2))
     warmup_iters: int = 0       # ETS: reconstruction-only steps before full training
@@ -119,9 +120,16 @@ def loss_weight(t, r, cfg):
         return 1 / (t - r)
     if cfg.weighting == 'ect':
         return t * cfg.sigma_data / (t ** 2 + cfg.sigma_data ** 2) ** 0.5 / (t - r)
-    if cfg.weighting == 'uniform':
+    if cfg.weighting in ('uniform', 'uniform_gene'):
         return t / (t - r)
-    raise ValueError(f"weighting must be 'inv_dt', 'ect' or 'uniform', got {cfg.weighting!r}")
+    raise ValueError(f"weighting must be 'inv_dt', 'ect', 'uniform' or 'uniform_gene', got {cfg.weighting!r}")
+
+
+def anchor_weight(t, r, cfg):
+    """The weight of L_recon and L_diff, the terms that tie f to the clean signal: w(t) itself, except under
+    'uniform_gene', where only L_gene pulls alike at every t and the anchors keep 1/(t - r) (under 'uniform' they
+    lose that weight at small t, and the input-ignoring solution of L_gene wins)."""
+    return 1 / (t - r) if cfg.weighting == 'uniform_gene' else loss_weight(t, r, cfg)
 
 
 def recon_mask(t, cfg):
@@ -184,8 +192,7 @@ class INRCTLoss:
         L_gene = distance(f_t, f_r.detach(), cfg)
         L_recon = distance(raw_t, target, cfg) * m_recon
         L_diff = distance(f_t, target, cfg) * m_diff
-        w = loss_weight(t, r, cfg)
-        loss = (w * (l1 * L_gene + l2 * L_recon + l3 * L_diff)).mean()
+        loss = (loss_weight(t, r, cfg) * l1 * L_gene + anchor_weight(t, r, cfg) * (l2 * L_recon + l3 * L_diff)).mean()
         parts = {
             'L_gene': L_gene.mean().item(), 'L_recon': L_recon.sum().item() / max(m_recon.sum().item(), 1),
             'L_diff': L_diff.sum().item() / max(m_diff.sum().item(), 1),

@@ -65,6 +65,7 @@ ect_d = 100               # ECT stage length in steps
 ect_stage0 = 0            # steps of stage 0 (r = 0, plain denoising at every t) after the warm-up (0 = ect_d)
 ect_max_stage = 0         # stop tightening dt after this stage (0 = never)
 weighting = 'inv_dt'      # w(t) = 1/(t - r) | 'ect': times c_out(t) without query_skip | 'uniform': t/(t - r)
+                          # | 'uniform_gene': t/(t - r) for L_gene, 1/(t - r) for L_recon and L_diff
 ema_decay = 0.9999
 teacher_ema = 0.0         # 0: the teacher is the current weights (ECT); >0: an EMA teacher (Algorithm 1)
 sigma_data = 0.5
@@ -171,7 +172,7 @@ def preset_value(path, key, value, default):
 
 DATASETS = ('shapes', 'cifar10', 'celeba', 'folder', 'shapes3d', 'srn_cars')
 CHOICES = {'dataset': DATASETS, 'modality': ('image', 'nerf'), 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
-           'weighting': ('inv_dt', 'ect', 'uniform'), 'device': ('auto', 'cpu', 'cuda')}
+           'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
 NON_NEGATIVE = ('micro_batch', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full', 'grad_clip',

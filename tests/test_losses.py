@@ -250,6 +250,22 @@ def test_weightings_against_their_formulas(query_skip):
         loss_weight(t, 0 * t, LossConfig(weighting='edm'))
 
 
+def test_uniform_gene_weights_the_consistency_term_uniformly_and_the_anchors_by_inv_dt():
+    """The loss under 'uniform_gene' = mean(t/(t - r) l1 L_gene + 1/(t - r) (l2 L_recon + l3 L_diff)), recomputed from
+    the per-term losses of 'uniform' and 'inv_dt' runs on the same draws (each is one weight times the terms)."""
+    x = torch.randn(64, 3, 4, 4, dtype=torch.float64)
+    step = 35  # stage 2: every term is active
+    parts = {}
+    for k in ('uniform_gene', 'uniform', 'inv_dt'):
+        for lam in ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)):
+            cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5, weighting=k, lambdas=lam)
+            parts[k, lam] = loss_and_draws(cfg, LinearNet(), x, x, step)[0][0].item()
+    gene, anchors = (1.0, 0.0, 0.0), (0.0, 1.0, 1.0)
+    assert parts['uniform_gene', gene] == pytest.approx(parts['uniform', gene], rel=1e-9)
+    assert parts['uniform_gene', anchors] == pytest.approx(parts['inv_dt', anchors], rel=1e-9)
+    assert parts['uniform', anchors] < parts['inv_dt', anchors] / 2  # what 'uniform' takes from the anchors
+
+
 def test_boundary_sigma_makes_f_the_input_at_t_min_and_nothing_of_it_beyond():
     """query_skip False with boundary_sigma s: c_skip = s^2/((t - t_min)^2 + s^2), c_out = 1 - c_skip, so
     f(x, t_min) = x whatever the network draws, while the input noise c_skip t z it lets into f stays below s/2."""
