@@ -223,14 +223,15 @@ def to_rgb(im):
     return im.convert('RGB')
 
 
-def files_fingerprint(root):
-    """Hash of every file's relative path, size and mtime under root: changes when the data does."""
+def files_fingerprint(root, files=None):
+    """Hash of each file's path (relative to root), size and mtime: changes when the data does. files: the
+    paths to hash (default: every file under root)."""
+    if files is None:
+        files = sorted(Path(d) / n for d, _, names in os.walk(root) for n in names)
     h = hashlib.sha1()
-    for d, dirs, names in sorted(os.walk(root)):
-        dirs.sort()
-        for n in sorted(names):
-            st = os.stat(os.path.join(d, n))
-            h.update(f'{os.path.relpath(os.path.join(d, n), root)}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f'{os.path.relpath(f, root)}|{st.st_size}|{st.st_mtime_ns}\n'.encode())
     return h.hexdigest()[:16]
 
 
@@ -250,9 +251,7 @@ def hash_split(files, root, test_fraction):
 
 def load_folder(files, resolution, cache_dir=None, desc='images'):
     """Load files into (N, R, R, 3) uint8, once: a .npy cache keyed by the files (name, size, mtime) and resolution."""
-    stats = [os.stat(f) for f in files]
-    key = hashlib.sha1(('\n'.join(f'{f}|{st.st_size}|{st.st_mtime_ns}' for f, st in zip(files, stats))
-                        + f'|{resolution}').encode()).hexdigest()[:16]
+    key = files_fingerprint('/', files)
     cache = Path(cache_dir) / f'{desc}_{resolution}_{key}.npy' if cache_dir else None
     if cache is not None and cache.is_file():
         return np.load(cache)
@@ -277,17 +276,15 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         if resolution != 32:
             raise ValueError(f"CIFAR-10 is 32x32; got --resolution {resolution}")
         return ArrayDataset(load_cifar10(data_dir, split))
-    if name == 'folder':
+    if name in ('folder', 'celeba'):
         files = list_images(data_dir)
         if len(files) < 2:
             raise ValueError(f"{data_dir} holds {len(files)} image; a train and a test split need at least 2")
+    if name == 'folder':
         test = hash_split(files, data_dir, test_fraction)
         files = [f for f, is_test in zip(files, test) if is_test == (split == 'test')]
         return ArrayDataset(load_folder(files, resolution, None, f'{name}_{split}'))
     if name == 'celeba':
-        files = list_images(data_dir)
-        if len(files) < 2:
-            raise ValueError(f"{data_dir} holds {len(files)} image; a train and a test split need at least 2")
         if len(files) == 30000:
             n_train = 27000  # the Functa / mNIF split
         else:
