@@ -18,11 +18,10 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from inr import jitter_grid, make_grid
+from inr import make_grid, to_float
 import losses
-from losses import INRCTLoss, LossConfig
+from losses import INRCTLoss, LossConfig, encode
 from model import build_model, count_params, pick_device
-import sample
 
 
 def timed(fn, device, warmup, repeats, reduce=statistics.median):
@@ -60,6 +59,17 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class RandomImages:
+    """n random uint8 images in memory, read like a dataset: the benchmark times the model, not the disk."""
+
+    def __init__(self, n, resolution):
+        self.images = torch.randint(0, 256, (n, resolution, resolution, 3), dtype=torch.uint8,
+                                    generator=torch.Generator().manual_seed(0))
+
+    def get(self, indices):
+        return self.images[list(indices)]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--preset', default='tiny')
@@ -89,25 +99,27 @@ def main():
     lcfg = LossConfig(d=1, warmup_iters=0)  # stage >= 1: every step runs the teacher pass
     loss_fn = INRCTLoss(lcfg)
     R, B = a.resolution, a.batch
-    x = torch.rand(B, 3, R, R, device=dev) * 2 - 1
+    images = RandomImages(B, R)
+    x = to_float(images.get(range(B))).to(dev)
     grid = make_grid(R, R, dev)
     g = torch.Generator(device=dev).manual_seed(0)
+    g_cpu = torch.Generator().manual_seed(1)
 
     step_cfg = {'warmup_iters': 0, 'lr': 1e-4, 'lr_full': 0.0, 'grad_clip': 1.0, 'ema_decay': 0.9999, 'teacher_ema': 0.0}
 
-    def micro_batch(m):
-        return {'support': x, 'target': x, 'query': jitter_grid(grid.expand(B, *grid.shape), g)}, g
+    def micro_batch(m):  # the batch train.py builds, from images already in memory
+        return model.inr.train_batch(images, list(range(B)), {}, g, g_cpu, dev), g
 
     def train_step():  # train.py's step: loss + backward, grad-norm check and clip, RAdam, EMA
         losses.train_step(net, model, ema, None, opt, loss_fn, micro_batch, 1, 1, step_cfg, autocast)
 
     def gen(steps):
         with autocast:
-            sample.generate(model, list(range(B)), steps, lcfg)
+            model.inr.generate(model, list(range(B)), steps, lcfg)
 
     def enc():
         with autocast, torch.no_grad():
-            model.inr.render(sample.encode(model, x, lcfg), grid, 4096)
+            model.inr.render(encode(model, x, lcfg), grid, 4096)
 
     if dev.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(dev)

@@ -264,6 +264,12 @@ def load_folder(files, resolution, cache_dir=None, desc='images'):
     return out
 
 
+def load_split(cfg, split='test'):
+    """The train or test split of the dataset a training config names (train.py's, or a checkpoint's 'config')."""
+    return load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
+                        cfg['cache_dir'])
+
+
 def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1, cache_dir=''):
     """Dataset by name; see the module docstring for layouts and splits."""
     if split not in ('train', 'test'):
@@ -341,6 +347,7 @@ class SRNDataset:
 
     get(scene, views) -> (uint8 images (V, R, R, 3), OpenGL poses (V, 4, 4), (f, cx, cy) at resolution R).
     """
+    multi_view = True  # what a modality checks (image datasets have no such attribute)
 
     def __init__(self, root, resolution):
         self.root, self.resolution = Path(root), resolution

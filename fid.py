@@ -28,10 +28,9 @@ from scipy import linalg
 from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
-from data import cache_root, files_fingerprint, load_dataset, render_shapes, shape_params
-from inr import to_uint8
-from model import pick_device
-import sample
+from data import cache_root, files_fingerprint, load_split, render_shapes, shape_params
+from losses import LossConfig
+from model import load, pick_device
 
 FID_WEIGHTS = 'pt_inception-2015-12-05-6726825d.pth'
 FID_WEIGHTS_SOURCE = ('the pytorch-fid GitHub release "fid_weights_init" (mseitzer/pytorch-fid), '
@@ -432,26 +431,18 @@ def load_npz_images(path):
     return x
 
 
-def reference_stats(cfg, split, extractor, n_pr, cache_dir):
-    """mu, sigma and up to n_pr features of a dataset split, cached as npz (same preprocessing as training).
-
-    NeRF datasets (mNIF protocol): every view of every test scene, whatever `split` says."""
+def reference_stats(inr, cfg, split, extractor, n_pr, cache_dir):
+    """mu, sigma and up to n_pr features of the real side of a metric, cached as npz (same preprocessing as
+    training): what the modality's INR gives for the split (NeRF, the mNIF protocol: every view of every test scene,
+    whatever `split` says)."""
     cache_dir = str(cache_root(cache_dir))
-    nerf = cfg['modality'] == 'nerf'
-    split = 'test' if nerf else split
+    split, _ = inr.reference_split(split)
     name = f"ref_{cfg['dataset']}_{split}_{cfg['resolution']}_{extractor.kind}_{reference_key(cfg, split, extractor)}.npz"
     path = os.path.join(cache_dir, name)
     if os.path.isfile(path):
         d = np.load(path)
         return d['mu'], d['sigma'], d['features']
-    if nerf:
-        feats, _ = features_of(sample.nerf_fid_reference(cfg), extractor)
-    else:
-        ds = load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'],
-                          cfg['test_fraction'], cfg['cache_dir'])
-        n = min(len(ds), getattr(ds, 'reference_size', len(ds)))
-        chunks = (ds.get(range(i, min(i + 500, n))).numpy() for i in range(0, n, 500))
-        feats, _ = features_of(tqdm(chunks, total=-(-n // 500), desc=f'reference {split}'), extractor)
+    feats, _ = features_of(inr.reference_arrays(load_split(cfg, split)), extractor)
     mu, sigma = statistics(feats)
     os.makedirs(cache_dir, exist_ok=True)
     sub = feats[np.random.default_rng(0).permutation(len(feats))[:n_pr]]
@@ -479,24 +470,13 @@ def weights_hash(net):
     return h.hexdigest()[:16]
 
 
-def sample_features(ckpt, n, steps, seed, batch, extractor, device, ode=0):
-    """Features (and logits) of n generated images with per-image seeds, streamed batch by batch, and the
-    images/s of the generator alone (feature extraction not counted).
-
-    NeRF checkpoints follow the mNIF protocol instead: one generated object per test scene, up to
-    n scenes, rendered at all of that scene's test poses (SRN Cars: 704 x 251 images)."""
-    model, cfg, lcfg, _ = sample.load_model(ckpt, 'ema', device)
-    if cfg['modality'] == 'nerf':
-        if ode:
-            raise ValueError('--ode takes an image checkpoint; NeRF samples use --steps 1 or 2')
-        chunks = sample.nerf_fid_samples(model, cfg, lcfg, seed, n, steps)
-    else:
-        def generated():
-            for i in tqdm(range(0, n, batch), desc=f'{ode}-step ODE samples' if ode else f'{steps}-step samples'):
-                seeds = [seed * 1_000_003 + j for j in range(i, min(i + batch, n))]
-                img = sample.generate_ode(model, seeds, ode, lcfg) if ode else sample.generate(model, seeds, steps, lcfg)[0]
-                yield to_uint8(img).cpu().numpy()
-        chunks = generated()
+def sample_features(model, cfg, lcfg, n, steps, seed, batch, extractor, ode=0):
+    """Features (and logits) of n generated samples with per-sample seeds, streamed batch by batch, and the
+    samples/s of the generator alone (feature extraction not counted). What a sample is, is the modality's
+    (model.inr.sample_arrays): n images, or for a NeRF the mNIF protocol, one generated object per test scene
+    (up to n scenes) rendered at all of that scene's test poses (SRN Cars: 704 x 251 images)."""
+    data = load_split(cfg) if model.inr.generates_from_data else None
+    chunks = model.inr.sample_arrays(model, data, lcfg, n, seed, steps, batch, 0, ode)
     feats, logits, seconds, count = [], [], 0.0, 0
     while True:
         t0 = time.time()
@@ -509,7 +489,7 @@ def sample_features(ckpt, n, steps, seed, batch, extractor, device, ode=0):
         logits.append(lg)
         count += len(images)
     logits = None if logits[0] is None else np.concatenate(logits)
-    return np.concatenate(feats), logits, count / seconds, cfg, lcfg
+    return np.concatenate(feats), logits, count / seconds
 
 
 def fd_name(kind):
@@ -572,13 +552,13 @@ def main(argv):
         if m > 3:
             out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
     elif a.ckpt:
-        feats, logits, rate, cfg, lcfg = sample_features(a.ckpt, a.n, a.steps, a.seed, a.batch, extractor, dev, a.ode)
-        mu, sigma, real = reference_stats(cfg, a.ref, extractor, a.pr_n, a.cache_dir)
+        model, ckpt = load(a.ckpt, 'ema', dev)
+        cfg, lcfg = ckpt['config'], LossConfig(**ckpt['loss'])
+        feats, logits, rate = sample_features(model, cfg, lcfg, a.n, a.steps, a.seed, a.batch, extractor, a.ode)
+        mu, sigma, real = reference_stats(model.inr, cfg, a.ref, extractor, a.pr_n, a.cache_dir)
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
-        nerf = cfg['modality'] == 'nerf'
-        nfe = a.ode or a.steps + int(nerf and sample.reencodes(a.steps, lcfg))  # images: no re-encode
-        out.update(n=len(feats), nfe=nfe, samples_per_s=rate, ref='test, all views (mNIF)' if nerf else a.ref,
-                   features=a.features, ckpt=a.ckpt)
+        out.update(n=len(feats), nfe=a.ode or model.inr.nfe(a.steps, lcfg), samples_per_s=rate,
+                   ref=model.inr.reference_split(a.ref)[1], features=a.features, ckpt=a.ckpt)
     else:
         p.error('give --ckpt or two .npz files')
     if not a.validate_shapes:

@@ -5,9 +5,16 @@ instance's INR tokens beta through the Localised Attention Layer, and a ReLU MLP
 in [-1, 1]. Only beta is per instance; every weight here is shared. Coordinates are (row, col) = (y, x).
 """
 import math
+import os
 
+import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
+from tqdm import tqdm
+
+from losses import (T_MID, consistency_fn, encode, karras_times, ode_sample, per_image_noise, reencodes,
+                    second_step_noise, t_full)
 
 
 def make_grid(H, W, device=None):
@@ -53,7 +60,178 @@ def patchify(images, resolution, p):
     return x.reshape(B, (H // p) * (W // p), C * p * p)
 
 
-class ImageINR(nn.Module):
+class Modality:
+    """What train.py, sample.py and fid.py ask of an INR; they call only these methods (model.inr.<name>), so a new
+    modality is a new INR class with the same methods (ImageModality below, nerf.NeRFINR):
+      check_dataset, train_batch                    train.py: refuse the wrong data; one micro-batch
+      write_progress                                train.py: PNG grids and a test PSNR during training
+      evaluate_encoding, write_samples              sample.py --encode / the default
+      sample_arrays, reference_split/_arrays, nfe   fid.py: generated and real uint8 arrays for the metrics
+    `model` is the whole INRCT (hyper-network + this INR); `cfg` of train_batch is the training config, `lcfg`
+    elsewhere the LossConfig a checkpoint was trained with."""
+    multi_view = False            # what a dataset must be: multi-view scenes (NeRF) or single images
+    generates_from_data = False   # whether generation needs the dataset (NeRF: its cameras); images need none
+
+    def check_dataset(self, dataset, name):
+        """Refuse data of the other kind (multi-view scenes for an image INR, or images for a NeRF)."""
+        mv = getattr(dataset, 'multi_view', False)
+        if mv != self.multi_view:
+            raise ValueError(f"--dataset {name} is {'multi-view scenes' if mv else 'images'}, but --modality is "
+                             f"{'nerf' if self.multi_view else 'image'}; set --modality {'nerf' if mv else 'image'}")
+
+
+class ImageModality(Modality):
+    """The image INRs' answers (ImageINR, PixelINR): a batch is images on the pixel grid, generation starts from
+    T z on that grid, metrics score images."""
+
+    def train_batch(self, dataset, indices, cfg, generator, cpu_generator, device):
+        """One micro-batch: the images are both the observation and the target, noised with the same z (Eq. 13);
+        queries are the pixel grid with ANR's variational jitter. cpu_generator is for CPU-side draws (unused)."""
+        x = to_float(dataset.get(indices)).to(device)
+        grid = make_grid(self.resolution, self.resolution, device)
+        return {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), generator),
+                'shared_noise': True}
+
+    # --- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, model, seeds, steps, lcfg, resolution=None, chunk=4096):
+        """(grid images at the training resolution, INR renders at `resolution`), both (B, 3, H, W) in [-1, 1].
+        Generation starts from T z on the training grid, z one N(0, I) per seed."""
+        dev = next(model.parameters()).device
+        R = self.resolution
+        n, grid, net = len(seeds), make_grid(R, R, dev), keeping_beta(model, chunk)
+        x = lcfg.t_max * per_image_noise(seeds, (3, R, R), dev)
+        t = t_full(lcfg.t_max, n, dev)
+        image, _ = consistency_fn(net, x, x, t, grid, lcfg)
+        if steps == 2:  # ECT/iCT: noise the 1-step image back to t_mid with fresh noise and apply f again
+            t = t_full(T_MID, n, dev)
+            x = image + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * second_step_noise(seeds, (3, R, R), dev)
+            image, _ = consistency_fn(net, x, x, t, grid, lcfg)
+        if resolution in (None, R):
+            return image, image
+        big = make_grid(resolution, resolution, dev)
+        if reencodes(steps, lcfg):  # off the grid only: on it, f(x, t_mid) is the sample itself
+            return image, model.inr.render(encode(model, image.clamp(-1, 1), lcfg), big, chunk)
+        # off the grid f is c_out(t) M_beta: the skip term c_skip x has no continuous form (c_skip(T) ~ 4e-5)
+        render_big = lambda *_: model.inr.render(net.beta, big, chunk)  # noqa: E731  the INR of the last f, resized
+        return image, consistency_fn(render_big, x, 0, t, big, lcfg)[0]
+
+    @torch.no_grad()
+    def generate_ode(self, model, seeds, n_steps, lcfg):
+        """A diagnostic, not the method: n_steps of the ODE with the consistency function as the denoiser. After a
+        stage-0 run (r = 0, f fits the clean image at every t) this is plain diffusion sampling: the ceiling that
+        1- and 2-step consistency samples of the same network can at best reach."""
+        dev = next(model.parameters()).device
+        R = self.resolution
+        grid = make_grid(R, R, dev)
+
+        def denoise(x, t):
+            return consistency_fn(model, x, x, t_full(t, len(x), dev), grid, lcfg)[0]
+        return ode_sample(denoise, lcfg.t_max * per_image_noise(seeds, (3, R, R), dev), karras_times(n_steps, lcfg.t_max))
+
+    def nfe(self, steps, lcfg):
+        """Network evaluations per generated image (without the query skip f(x, t_mid) is the INR itself)."""
+        return steps
+
+    # --- what train.py shows, sample.py writes and fid.py scores ----------------------------------
+    @torch.no_grad()
+    def write_progress(self, model, test_set, lcfg, out_dir):
+        """During training: 1- and 2-step sample grids and a reconstruction grid; returns the test PSNR."""
+        was_training = model.training
+        model.eval()
+        dev = next(model.parameters()).device
+        x = to_float(test_set.get(range(min(64, len(test_set))))).to(dev)
+        rec = model.inr.render(encode(model, x, lcfg), make_grid(self.resolution, self.resolution, dev), 4096)
+        for steps in (1, 2):
+            image, _ = self.generate(model, list(range(64)), steps, lcfg)
+            save_grid(to_uint8(image), os.path.join(out_dir, f'samples_{steps}step.png'))
+        save_grid(to_uint8(interleave(x, rec)), os.path.join(out_dir, 'reconstructions.png'), nrow=16)
+        model.train(was_training)
+        return psnr(rec, x).mean().item()
+
+    @torch.no_grad()
+    def evaluate_encoding(self, model, dataset, lcfg, limit=0, out_png=None, support_view=0, batch=64):
+        """PSNR of encode -> render on a split (support_view: NeRF only); for data that renders at any resolution
+        (shapes) also at 2x and 4x against the analytic images: the INR off its training grid."""
+        dev = next(model.parameters()).device
+        R = self.resolution
+        n = min(limit or len(dataset), len(dataset))
+        scales = (1, 2, 4) if getattr(dataset, 'any_resolution', False) else (1,)
+        scores = {s: [] for s in scales}
+        for i in tqdm(range(0, n, batch), desc='encoding', leave=False):
+            idx = list(range(i, min(i + batch, n)))
+            x = to_float(dataset.get(idx)).to(dev)
+            beta = encode(model, x, lcfg)
+            for s in scales:
+                rec = model.inr.render(beta, make_grid(R * s, R * s, dev), 4096)
+                ref = x if s == 1 else to_float(dataset.get(idx, resolution=R * s)).to(dev)
+                scores[s].append(psnr(rec, ref).cpu())
+                if out_png and i == 0 and s == 1:
+                    save_grid(to_uint8(interleave(x[:32], rec[:32])), out_png, nrow=16)
+        out = {'n_images': n, 'resolution': R, 'psnr': torch.cat(scores[1]).mean().item()}
+        for s in scales[1:]:
+            out[f'psnr_{s}x'] = torch.cat(scores[s]).mean().item()
+        return out
+
+    @torch.no_grad()
+    def evaluate_denoising(self, model, dataset, lcfg, ts=(0.01, 0.0865, 0.3, 0.821, 2.0, 10.0, 80.0), limit=64,
+                           seed=0):
+        """PSNR of f(x + t z, t) against x on the first `limit` images, next to the noisy x + t z itself and the
+        split's mean image: how well the consistency function denoises at each t."""
+        dev = next(model.parameters()).device
+        x = to_float(dataset.get(range(min(limit, len(dataset))))).to(dev)
+        grid, g = make_grid(self.resolution, self.resolution, dev), torch.Generator(device=dev).manual_seed(seed)
+        mean = psnr(x.mean(0, keepdim=True).expand_as(x), x).mean().item()
+        rows = []
+        for t_ in ts:
+            x_t = x + t_ * torch.randn(x.shape, generator=g, device=dev)
+            f, _ = consistency_fn(model, x_t, x_t, t_full(t_, len(x), dev), grid, lcfg)  # the f that training fits
+            rows.append({'t': t_, 'psnr_f': psnr(f, x).mean().item(), 'psnr_noisy': psnr(x_t, x).mean().item()})
+        return {'n_images': len(x), 'psnr_mean_image': mean, 'by_t': rows}
+
+    def sample_arrays(self, model, dataset, lcfg, n, seed, steps, batch=256, resolution=0, ode=0):
+        """n generated images (seed * 1_000_003 + i), uint8 (b, H, W, 3) batch by batch: what metrics score
+        (dataset: unused, may be None). ode > 0: that many ODE steps instead (a diagnostic); resolution: render the INRs at that size."""
+        how = f'{ode}-step ODE samples' if ode else f'{steps}-step samples'
+        for i in tqdm(range(0, n, batch), desc=how):
+            seeds = [seed * 1_000_003 + j for j in range(i, min(i + batch, n))]
+            img = (self.generate_ode(model, seeds, ode, lcfg) if ode else
+                   self.generate(model, seeds, steps, lcfg, resolution or None)[1])
+            yield to_uint8(img).cpu().numpy()
+
+    def reference_split(self, split):
+        """(the split a metric's real side is drawn from, how the JSON names it): the one asked for."""
+        return split, split
+
+    def reference_arrays(self, dataset):
+        """The real side of a metric: up to the dataset's reference_size images, uint8 (b, H, W, 3) chunks."""
+        n = min(len(dataset), getattr(dataset, 'reference_size', len(dataset)))
+        chunks = (dataset.get(range(i, min(i + 500, n))).numpy() for i in range(0, n, 500))
+        return tqdm(chunks, total=-(-n // 500), desc='reference images')
+
+    def write_samples(self, model, dataset, lcfg, out, n=64, seed=0, steps=1, resolution=0, npz='', batch=256, ode=0,
+                      limit=0):
+        """sample.py's default: a PNG grid of up to 256 of n samples (and all n as uint8 NHWC in npz; limit: NeRF)."""
+        if ode and resolution not in (0, self.resolution):
+            raise ValueError('--ode samples on the training grid; leave --resolution out')
+        images = np.concatenate(list(self.sample_arrays(model, dataset, lcfg, n, seed, steps, batch, resolution, ode)))
+        save_grid(images[:256], out)
+        how = f'{ode}-step ODE' if ode else f'{steps}-step'
+        print(f"wrote {out} ({min(n, 256)} of {n} samples at {images.shape[1]}x{images.shape[2]}, {how})")
+        if npz:
+            np.savez(npz, samples=images)
+            print(f"wrote {npz}: samples {images.shape} uint8")
+
+
+def keeping_beta(model, chunk=None):
+    """model as consistency_fn's net, remembering the INR tokens of its last call (to render them elsewhere)."""
+    def net(support, c_noise, query):
+        net.beta = model.encode(support, c_noise, query)
+        return model.inr.render(net.beta, query, chunk)
+    return net
+
+
+class ImageINR(ImageModality, nn.Module):
     """ANR image INR: shared weights; per-instance INR tokens beta (B, K, width) select what is drawn."""
 
     def __init__(self, width=512, depth=5, heads=8, tokens=256, pe_sigma=32.0, resolution=32, patch=4):
@@ -103,7 +281,7 @@ class ImageINR(nn.Module):
         return out.transpose(1, 2).reshape(B, 3, H, W)
 
 
-class PixelINR(nn.Module):
+class PixelINR(ImageModality, nn.Module):
     """The pixel-space baseline (`--inr pixels`): each INR token is decoded to one patch of the training grid
     (DiT's final layer), so the same transformer, loss and loop are pixel-space ECT. Its "render" at another
     size is a bilinear resize of that grid: there is no continuous function behind it."""
@@ -140,6 +318,24 @@ def to_float(images_uint8):
 def to_uint8(images):
     """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def save_grid(images, path, nrow=None):
+    """uint8 (N, H, W, 3) -> one PNG grid with a 2-pixel white border."""
+    images = images.cpu().numpy() if torch.is_tensor(images) else images
+    n, h, w, _ = images.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    ncol = int(math.ceil(n / nrow))
+    canvas = np.full((ncol * (h + 2) + 2, nrow * (w + 2) + 2, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, nrow)
+        canvas[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + c * (w + 2):2 + c * (w + 2) + w] = im
+    Image.fromarray(canvas).save(path)
+
+
+def interleave(a, b):
+    """[a0, b0, a1, b1, ...]: input next to its reconstruction."""
+    return torch.stack([a, b], dim=1).flatten(0, 1)
 
 
 def psnr(a, b):

@@ -82,6 +82,51 @@ def net_inputs(x_t, t, cfg):
     return bcast(c_in(t, cfg), x_t) * x_t, c_noise(t)
 
 
+# --- sampling with the consistency function: shared by every modality ------------------------------
+T_MID = 0.821  # the second step's noise level (ECT, iCT)
+
+
+def t_full(t, n, device):
+    return torch.full((n,), t, device=device)
+
+
+@torch.no_grad()
+def encode(model, observations, cfg, query=None):
+    """beta = G(O, t_min) (Eq. 7): clean observations in [-1, 1] -> INR tokens (query: NeRF support rays)."""
+    return model.encode(*net_inputs(observations, t_full(cfg.t_min, len(observations), observations.device), cfg),
+                        query)
+
+
+def per_image_noise(seeds, shape, device):
+    """One N(0, I) draw per sample from its own seed: samples do not depend on the batch size."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+
+def second_step_noise(seeds, shape, device):
+    """The fresh noise of the second step, from seeds disjoint from the first step's."""
+    return per_image_noise([s + 1_000_000_007 for s in seeds], shape, device)
+
+
+def reencodes(steps, cfg):
+    """Whether a generated INR needs one more pass, an encode at t_min: at 2 steps under Eq. 12, f(x, t_mid) keeps
+    c_skip(t_mid) = 27% of its noisy input, so it is an image, not a render; without the query skip it is M_beta."""
+    return steps == 2 and cfg.query_skip
+
+
+def karras_times(n, t_max=80.0, t_min=0.002, rho=7.0):
+    """EDM's n noise levels from t_max to t_min (denser near t_min), then 0."""
+    i = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    t = (t_max ** (1 / rho) + i * (t_min ** (1 / rho) - t_max ** (1 / rho))) ** rho
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64)]).tolist()
+
+
+def ode_sample(denoise, x, times):
+    """Euler steps of the probability-flow ODE dx/dt = (x - D(x, t)) / t from times[0] to times[-1]."""
+    for t, t_next in zip(times[:-1], times[1:]):
+        x = x + (t_next - t) * (x - denoise(x, t)) / t
+    return x
+
+
 # --- time schedule (ECT continuous time) -------------------------------------------------------------
 def ect_stage(step, cfg):
     """0 during warm-up and the stage0_iters after it, then 1 + floor(steps since / d), capped at max_stage."""
@@ -152,9 +197,10 @@ def distance(a, b, cfg):
 
 # --- the INRCT loss (Eq. 13, 15, 16, 17; Algorithm 1) ---------------------------------------------------
 class INRCTLoss:
-    """loss_fn(net, batch, step): batch = {'support', 'target', 'query'} with 'target' = clean O_q.
+    """loss_fn(net, batch, step): batch = {'support', 'target', 'query', 'shared_noise'} with 'target' = clean O_q.
 
-    For images support and target are the same tensor, so O_s_t = O_q_t (one noise z, Eq. 13).
+    shared_noise True (images: support and target are the same signal): one noise z for both, O_s_t = O_q_t (Eq. 13);
+    False (NeRF: the query rays are another view): an independent draw for the target.
     teacher: the network used for the no-grad target at r (default: net itself, ECT/iCT).
     """
 
@@ -168,7 +214,7 @@ class INRCTLoss:
         t = sample_t(B, step, cfg, generator, dev)
         r = r_of_t(t, step, cfg)
         z_s = torch.randn(support.shape, generator=generator, device=dev)
-        z_q = z_s if support is target else torch.randn(target.shape, generator=generator, device=dev)
+        z_q = z_s if batch['shared_noise'] else torch.randn(target.shape, generator=generator, device=dev)
         l1, l2, l3 = loss_weights(step, cfg)
 
         # grad forward at t; remember the RNG so the teacher pass draws the same dropout mask

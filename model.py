@@ -262,6 +262,9 @@ class INRCT(nn.Module):
         return self.inr.render(self.encode(support, c_noise, query), query, chunk)
 
 
+MODALITIES = ('image', 'nerf')  # what build_model can build; each INR answers inr.Modality's methods
+
+
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
                 near=0.8, far=1.8, n_samples=64, local_gate=True, sigma_data=0.5, time_embed='positional',
                 time_scale=1.0, inr='anr'):
@@ -287,7 +290,7 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
                       n_samples=n_samples)
         token_dim, tokens = 9 * patch * patch, inr.num_tokens
     else:
-        raise ValueError(f"unknown modality {modality!r}; choose 'image' or 'nerf'")
+        raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
     hyper = HyperNetwork(HyperConfig(
         token_dim=token_dim, grid=resolution // patch, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
         enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],

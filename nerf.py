@@ -7,14 +7,17 @@ is sampled at its centre (j + 0.5, i + 0.5); intrinsics are (f, cx, cy) in pixel
 Nothing about images lives here (inr.py) and nothing about NeRF lives there.
 """
 import math
+import os
 
 import numpy as np
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
 
-from inr import to_float
+from inr import Modality, psnr, save_grid, to_float, to_uint8
+from losses import T_MID, consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
 
 
 # --- cameras and rays ----------------------------------------------------------------------------------
@@ -87,7 +90,7 @@ def posenc_xyz(x, num_freqs):
     return torch.cat([x, torch.sin(xf), torch.cos(xf)], dim=-1)
 
 
-class NeRFINR(nn.Module):
+class NeRFINR(Modality, nn.Module):
     """MLP depth x width (ReLU) on positionally encoded xyz -> (rgb, density); every weight from beta.
 
     Trans-INR's scheme: layer l has a learned base weight (in+1, out) (bias as the last row) and a group of
@@ -166,6 +169,176 @@ class NeRFINR(nn.Module):
     def render(self, beta, query, chunk=None):
         """M_beta seen along query['origins'/'dirs'] (B, R, 3) -> RGB (B, R, 3) in the data space [-1, 1]."""
         return 2 * self.render_rays(beta, query['origins'], query['dirs'], query.get('offsets'), chunk or 4096) - 1
+
+    # --- what the pipeline asks of a modality (inr.Modality) ------------------------------------------------
+    multi_view = True
+    generates_from_data = True  # the support camera and the poses to render come from the dataset
+
+    def train_batch(self, dataset, indices, cfg, generator, cpu_generator, device):
+        """One support view and cfg['rays_per_object'] rays of another view per scene; the target rays get their
+        own noise (they are not the view the network reads). Views and rays are drawn on the CPU."""
+        return {**nerf_batch(dataset, indices, cfg['rays_per_object'], cfg['n_samples'], cpu_generator, device),
+                'shared_noise': False}
+
+    @torch.no_grad()
+    def generate_rays(self, model, seeds, lcfg, support_rays, rays, steps=1):
+        """Generated NeRFs rendered along rays (origins, dirs), each (P, H, W, 3), the same cameras for every
+        object -> (N, P, 3, H, W) in [-1, 1]. support_rays: the canonical support camera (1, R, R, 3) x 2.
+
+        Generation starts from T z on the support view. 1 step: beta = G(c_in(T) T z, T), render c_out(T) M_beta
+        (c_out = 1 under query_skip False). 2 steps: view that object from the support camera, add noise to t_mid
+        and encode at t_mid; without the query skip f is the render, so that INR is the result; under Eq. 12 f at
+        the support view mixes c_skip(t_mid) of the noisy view in, so that image is re-encoded at t_min (one more
+        NFE), as for images. The second step turns the 1-step blobs of the shapes3d demo into shaded solids."""
+        dev = next(model.parameters()).device
+        R = self.resolution
+        n, (P, H, W) = len(seeds), rays[0].shape[:3]
+        support_rays = tuple(v.reshape(1, R, R, 3) for v in support_rays)
+        x, t = lcfg.t_max * per_image_noise(seeds, (1, 3, R, R), dev), t_full(lcfg.t_max, n, dev)
+        if steps == 2:
+            x1 = self.generate_rays(model, seeds, lcfg, support_rays, support_rays)           # (n, 1, 3, R, R)
+            z = second_step_noise(seeds, (1, 3, R, R), dev)
+            x, t = x1 + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t_full(T_MID, n, dev)
+        if reencodes(steps, lcfg):  # f at the support view holds c_skip(t_mid) of its noisy input: re-encode it
+            as_rays = x.permute(0, 1, 3, 4, 2).reshape(n, R * R, 3)
+            f, _ = consistency_fn(model, x, as_rays, t, query_for(support_rays, support_rays, n), lcfg)
+            x, t = f.reshape(n, 1, R, R, 3).permute(0, 1, 4, 2, 3).clamp(-1, 1), t_full(lcfg.t_min, n, dev)
+            _, out = consistency_fn(model, x, 0, t, query_for(support_rays, rays, n), lcfg)  # the raw render at t_min
+        else:  # a ray has no noisy input to skip to (c_skip 0 at t_mid; 4e-5 at T): f is c_out M_beta
+            out, _ = consistency_fn(model, x, 0, t, query_for(support_rays, rays, n), lcfg)
+        return out.reshape(n, P, H, W, 3).permute(0, 1, 4, 2, 3)
+
+    def nfe(self, steps, lcfg):
+        return steps + int(reencodes(steps, lcfg))
+
+    @torch.no_grad()
+    def novel_views(self, model, dataset, scene, support_view, views, lcfg):
+        """Encode a scene from one view at t_min and render other views: (support, pred, gt), pred/gt (V, 3, H, W)."""
+        dev = next(model.parameters()).device
+        x, o, d = scene_views(dataset, scene, [support_view] + list(views), dev)
+        V, (H, W) = len(views), x.shape[-2:]
+        query = {'support_origins': o[None, :1], 'support_dirs': d[None, :1],
+                 'origins': o[1:].reshape(1, -1, 3), 'dirs': d[1:].reshape(1, -1, 3)}
+        beta = encode(model, x[None, :1], lcfg, query=query)
+        pred = model.inr.render(beta, query).reshape(V, H, W, 3).permute(0, 3, 1, 2)
+        return x[0], pred, x[1:]
+
+    @torch.no_grad()
+    def write_progress(self, model, test_set, lcfg, out_dir, n_scenes=8):
+        """During training: PSNR of views 1-4 encoded from view 0 on test scenes, and PNG grids."""
+        was_training = model.training
+        model.eval()
+        rows, scores = [], []
+        views = list(range(1, min(5, len(test_set.views[0]))))
+        for s in range(min(n_scenes, len(test_set))):
+            sup, pred, gt = self.novel_views(model, test_set, s, 0, views, lcfg)
+            scores.append(psnr(pred, gt).mean().item())
+            rows.append(torch.cat([sup[None], pred, gt]))  # support | predicted views | true views
+        save_grid(to_uint8(torch.cat(rows)), os.path.join(out_dir, 'nerf_views.png'), nrow=1 + 2 * len(views))
+        dev = next(model.parameters()).device
+        _, o, d = scene_views(test_set, 0, [0], dev)
+        for steps in (1, 2):
+            gen = self.generate_rays(model, list(range(8)), lcfg, (o, d), orbit_rays(test_set, 8, dev), steps)
+            save_grid(to_uint8(gen.flatten(0, 1)), os.path.join(out_dir, f'nerf_samples_{steps}step.png'), nrow=8)
+        model.train(was_training)
+        return float(np.mean(scores))
+
+    @torch.no_grad()
+    def evaluate_encoding(self, model, dataset, lcfg, limit=0, out_png=None, support_view=0, batch=64):
+        """SRN protocol: encode each scene from one view; PSNR over its other views, mean over scenes.
+
+        Also the PSNR of two answers that know nothing of 3D (the support view copied to every view; all white):
+        a novel-view figure means something only by how far it clears them."""
+        n = min(limit or len(dataset), len(dataset))
+        scores, copy, white, rows = [], [], [], []
+        for s in tqdm(range(n), desc='encoding scenes', leave=False):
+            views = [v for v in range(len(dataset.views[s])) if v != support_view]
+            sup, pred, gt = self.novel_views(model, dataset, s, support_view, views, lcfg)
+            scores.append(psnr(pred, gt).mean().item())
+            # what a model scores without any 3D: the support view itself, or the empty white background
+            copy.append(psnr(sup.expand_as(gt), gt).mean().item())
+            white.append(psnr(torch.ones_like(gt), gt).mean().item())
+            if len(rows) < 8:
+                rows.append(torch.cat([sup[None], pred[:8], gt[:8]]))
+        if out_png:
+            save_grid(to_uint8(torch.cat(rows)), out_png, nrow=rows[0].shape[0])
+        return {'n_scenes': n, 'resolution': self.resolution, 'support_view': support_view,
+                'psnr': float(np.mean(scores)), 'psnr_copy_support': float(np.mean(copy)),
+                'psnr_white': float(np.mean(white))}
+
+    def sample_arrays(self, model, dataset, lcfg, n, seed, steps, batch=256, resolution=0, ode=0):
+        """The mNIF protocol: one generated object (1 or 2 steps) per scene (seed * 1_000_003 + scene), up to n
+        scenes, rendered at every pose of that scene. Yields uint8 (views, H, W, 3) scene by scene (SRN Cars:
+        704 x 251 x 128^2 x 3 = 8.7 GB in all, so callers stream), in the order of reference_arrays."""
+        if ode:
+            raise ValueError('--ode takes an image checkpoint; NeRF samples use --steps 1 or 2')
+        dev = next(model.parameters()).device
+        _, o_s, d_s = scene_views(dataset, 0, [0], dev)  # the canonical support camera generation starts from
+        for s in tqdm(range(min(n or len(dataset), len(dataset))), desc='generated objects at test poses'):
+            _, o, d = scene_views(dataset, s, range(len(dataset.views[s])), dev)
+            gen = self.generate_rays(model, [seed * 1_000_003 + s], lcfg, (o_s, d_s), (o, d), steps)
+            yield to_uint8(gen[0]).cpu().numpy()
+
+    def reference_split(self, split):
+        """mNIF compares with every view of every test scene, whatever split is asked for."""
+        return 'test', 'test, all views (mNIF)'
+
+    def reference_arrays(self, dataset):
+        """Every view of every scene, uint8 (views, H, W, 3) scene by scene: the real side of the mNIF protocol."""
+        for s in tqdm(range(len(dataset)), desc='test views'):
+            yield dataset.get(s, range(len(dataset.views[s])))[0].numpy()
+
+    def write_samples(self, model, dataset, lcfg, out, n=64, seed=0, steps=1, resolution=0, npz='', batch=256, ode=0,
+                      limit=0):
+        """sample.py's default: min(n, 16) generated objects along an orbit (PNG strip and GIF); with npz instead
+        the mNIF arrays, one object per scene (up to limit scenes) at all its poses."""
+        if npz:  # FID data of the mNIF protocol; fid.py --ckpt runs the same protocol itself
+            images = np.concatenate(list(self.sample_arrays(model, dataset, lcfg, limit, seed, steps, ode=ode)))
+            np.savez(npz, samples=images)
+            print(f"wrote {npz}: samples {images.shape} uint8 (one generated object per test scene at its poses)")
+            return
+        if ode:
+            raise ValueError('--ode takes an image checkpoint; NeRF samples use --steps 1 or 2')
+        write_orbit(self, model, dataset, lcfg, min(n, 16), seed, out, steps, resolution)
+
+
+def scene_views(dataset, scene, views, device):
+    """Views of one scene -> images (V, 3, H, W) in [-1, 1] and their rays (V, H, W, 3)."""
+    images, poses, (f, cx, cy) = dataset.get(scene, views)
+    x = to_float(images)
+    o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])
+    return x.to(device), o.to(device), d.to(device)
+
+
+def query_for(support_rays, rays, n):
+    """The query dict of n objects seen from one support camera and rendered along the same rays."""
+    (o_s, d_s), (o, d) = support_rays, rays
+    R = o_s.shape[-2]
+    return {'support_origins': o_s.expand(n, 1, R, R, 3), 'support_dirs': d_s.expand(n, 1, R, R, 3),
+            'origins': o.reshape(1, -1, 3).expand(n, -1, -1), 'dirs': d.reshape(1, -1, 3).expand(n, -1, -1)}
+
+
+def orbit_rays(dataset, frames, device, resolution=0):
+    """Rays of `frames` cameras on an upper-hemisphere orbit at the dataset's camera distance, (P, R, R, 3) x 2,
+    R = resolution (0: the dataset's; the focal length scales with it, so the view is the same)."""
+    poses, focal = hemisphere_poses_for(dataset, frames)
+    R = resolution or dataset.resolution
+    return get_rays(torch.stack(poses).to(device), focal * R / dataset.resolution, R / 2, R / 2, R, R)
+
+
+def write_orbit(inr, model, dataset, lcfg, n, seed, out, steps=1, resolution=0, frames=24):
+    """Generated NeRF objects along an orbit: a PNG strip (object per row) and an animated GIF."""
+    dev = next(model.parameters()).device
+    _, o, d = scene_views(dataset, 0, [0], dev)
+    seeds = [seed * 1_000_003 + j for j in range(n)]
+    gen = to_uint8(inr.generate_rays(model, seeds, lcfg, (o, d), orbit_rays(dataset, frames, dev, resolution),
+                                     steps).flatten(0, 1))
+    save_grid(gen, out, nrow=frames)
+    frames_u8 = gen.reshape(n, frames, *gen.shape[1:]).transpose(0, 1)
+    gif = out.rsplit('.', 1)[0] + '.gif'
+    tiles = [Image.fromarray(np.concatenate(list(f.cpu().numpy()), axis=1)) for f in frames_u8]
+    tiles[0].save(gif, save_all=True, append_images=tiles[1:], duration=80, loop=0)
+    print(f"wrote {out} and {gif} ({n} generated objects x {frames} views at {gen.shape[1]}^2, {steps} step(s))")
 
 
 def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device):

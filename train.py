@@ -25,12 +25,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import SRNDataset, load_dataset
-from inr import jitter_grid, make_grid, to_float
+from data import load_split
 from losses import INRCTLoss, LossConfig, train_step
-from model import INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
-from nerf import nerf_batch
-import sample
+from model import MODALITIES, INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # defaults (each can be overridden by configs/<dataset>.py, then by --key=value or --key value)
@@ -171,7 +168,7 @@ def preset_value(path, key, value, default):
 
 
 DATASETS = ('shapes', 'cifar10', 'celeba', 'folder', 'shapes3d', 'srn_cars')
-CHOICES = {'dataset': DATASETS, 'modality': ('image', 'nerf'), 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
+CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
            'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
@@ -292,7 +289,6 @@ def main(argv):
 
     # --- model, optimiser, EMA, data ---
     torch.manual_seed(cfg['seed'])
-    nerf = cfg['modality'] == 'nerf'
     model = build_model(**model_args(cfg)).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg['teacher_ema'] > 0 else None
@@ -303,14 +299,8 @@ def main(argv):
         print(f"processes {world} x accumulation {accum} x micro-batch {micro} = batch {cfg['batch_size']} on {dev}")
     if master and not cfg['dry_run']:
         claim_out_dir(cfg)  # before the data: a run that may not start should not first load a dataset
-    train_set = load_dataset(cfg['dataset'], 'train', cfg['resolution'], cfg['data_dir'], cfg['seed'],
-                             cfg['test_fraction'], cfg['cache_dir'])
-    test_set = load_dataset(cfg['dataset'], 'test', cfg['resolution'], cfg['data_dir'], cfg['seed'],
-                            cfg['test_fraction'], cfg['cache_dir'])
-    if nerf != isinstance(train_set, SRNDataset):
-        raise ValueError(f"--dataset {cfg['dataset']} is {'multi-view' if isinstance(train_set, SRNDataset) else 'images'}"
-                         f", but --modality is {cfg['modality']!r}; set --modality "
-                         f"{'nerf' if isinstance(train_set, SRNDataset) else 'image'}")
+    train_set, test_set = load_split(cfg, 'train'), load_split(cfg, 'test')
+    model.inr.check_dataset(train_set, cfg['dataset'])
     if cfg['dry_run']:
         print(f"train {len(train_set)} / test {len(test_set)} images; dry run, exiting")
         return cleanup(ddp)
@@ -334,8 +324,6 @@ def main(argv):
     if cfg['compile']:
         net = torch.compile(net)
     loss_fn = INRCTLoss(loss_config(cfg))
-    grid = make_grid(cfg['resolution'], cfg['resolution'], dev)
-    test_images = None if nerf else to_float(test_set.get(range(min(64, len(test_set))))).to(dev)
 
     def checkpoint():
         """Write ckpt.pt unless the weights are not finite or the last step was (then the old file stays)."""
@@ -370,11 +358,8 @@ def main(argv):
                 part = idx[slot * micro:(slot + 1) * micro].tolist()
                 g = step_generator(cfg['seed'], step, slot, dev)
                 torch.manual_seed(cfg['seed'] * 1_000_003 + step * 4099 + slot)  # dropout masks
-                if nerf:
-                    return nerf_batch(train_set, part, cfg['rays_per_object'], cfg['n_samples'],
-                                      step_generator(cfg['seed'], step, slot + 65536, 'cpu'), dev), g
-                x = to_float(train_set.get(part)).to(dev)
-                return {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), g)}, g
+                g_cpu = step_generator(cfg['seed'], step, slot + 65536, 'cpu')  # CPU-side draws (NeRF rays)
+                return model.inr.train_batch(train_set, part, cfg, g, g_cpu, dev), g
 
             finite, parts, lr = train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg,
                                            autocast, ddp)
@@ -408,8 +393,7 @@ def main(argv):
                     log_json(cfg['out_dir'], rec)
             if master and (step % cfg['sample_interval'] == 0 or step == cfg['max_iters']):
                 weights = model if step <= cfg['warmup_iters'] else ema
-                p = (sample.write_nerf_progress(weights, test_set, loss_fn.cfg, cfg['out_dir']) if nerf else
-                     sample.write_progress(weights, test_images, loss_fn.cfg, cfg['out_dir']))
+                p = weights.inr.write_progress(weights, test_set, loss_fn.cfg, cfg['out_dir'])
                 bar.write(f"step {step} test PSNR {p:.2f} dB (grids in {cfg['out_dir']})")
                 log_json(cfg['out_dir'], {'step': step, 'test_psnr': p})
             if step % cfg['ckpt_interval'] == 0:

@@ -54,7 +54,7 @@ def batch_for(modality, B=2, R=16):
     if modality == 'image':
         from inr import make_grid
         x = torch.rand(B, 3, R, R, generator=g) * 2 - 1
-        return {'support': x, 'target': x, 'query': make_grid(R, R)}
+        return {'support': x, 'target': x, 'query': make_grid(R, R), 'shared_noise': True}
     from nerf import get_rays, look_at
     pose = look_at((0.0, -1.3, 0.6))
     o, d = get_rays(torch.stack([pose, pose]), 1.2 * R, R / 2, R / 2, R, R)
@@ -62,7 +62,7 @@ def batch_for(modality, B=2, R=16):
          'origins': o[1].reshape(1, -1, 3)[:, :40].expand(B, -1, -1), 'dirs': d[1].reshape(1, -1, 3)[:, :40].expand(B, -1, -1),
          'offsets': torch.rand(B, 40, 8, generator=g)}
     return {'support': torch.rand(B, 1, 3, R, R, generator=g) * 2 - 1, 'target': torch.rand(B, 40, 3, generator=g) * 2 - 1,
-            'query': q}
+            'query': q, 'shared_noise': False}
 
 
 def loss_and_grads(net, params, batch, step, lcfg):

@@ -126,9 +126,9 @@ class LinearNet(torch.nn.Module):
         return self.a * support + self.b * cn[:, None, None, None]
 
 
-def loss_and_draws(cfg, net, support, target, step, seed=3):
+def loss_and_draws(cfg, net, support, target, step, seed=3, shared=True):
     """The loss on one batch, and its draws recomputed in the same order: t, then the support noise z."""
-    out = INRCTLoss(cfg)(net, {'support': support, 'target': target, 'query': None}, step,
+    out = INRCTLoss(cfg)(net, {'support': support, 'target': target, 'query': None, 'shared_noise': shared}, step,
                          torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed)
     t = sample_t(len(support), step, cfg, g).double()
@@ -177,7 +177,8 @@ def test_render_gradient_scale_matches_autograd(step, query_skip):
     x = torch.randn(64, 3, 4, 4, dtype=torch.float64)
     raw = torch.zeros(64, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     net = lambda support, cn, query: raw + 0 * support  # noqa: E731  the render is a leaf: its grad is exact
-    loss, _ = INRCTLoss(cfg)(net, {'support': x, 'target': x, 'query': None}, step, torch.Generator().manual_seed(5))
+    batch = {'support': x, 'target': x, 'query': None, 'shared_noise': True}
+    loss, _ = INRCTLoss(cfg)(net, batch, step, torch.Generator().manual_seed(5))
     (grad,) = torch.autograd.grad(loss, raw)
     got = grad.flatten(1).norm(dim=1) * 64  # the loss is a batch mean
     t = sample_t(64, step, cfg, torch.Generator().manual_seed(5)).double()
@@ -186,6 +187,19 @@ def test_render_gradient_scale_matches_autograd(step, query_skip):
     exact = (t >= cfg.t_eps1) & ((t >= cfg.t_eps2) | (ect_stage(step, cfg) == 0))
     assert exact.sum() > 20
     assert torch.allclose(got[exact], want[exact], rtol=1e-5)
+
+
+@pytest.mark.parametrize('step', [10, 35])
+def test_noise_sharing_is_the_batch_flag_not_tensor_identity(step):
+    """Eq. 13's one noise z for support and query is asked for by batch['shared_noise']: a copy of the images gives
+    the same loss as the images themselves; without the flag the query set gets its own draw (a NeRF batch)."""
+    cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5)
+    x = torch.randn(16, 3, 4, 4, dtype=torch.float64)
+    same = loss_and_draws(cfg, LinearNet(), x, x, step)[0][0]
+    copied = loss_and_draws(cfg, LinearNet(), x, x.clone(), step)[0][0]
+    apart = loss_and_draws(cfg, LinearNet(), x, x.clone(), step, shared=False)[0][0]
+    assert copied.item() == same.item()
+    assert abs(apart.item() - same.item()) > 1e-3 * abs(same.item())
 
 
 def test_query_skip_off_makes_f_the_render_alone():
@@ -212,7 +226,7 @@ def test_loss_without_query_skip_matches_eq17_with_f_the_render(step):
     cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5, query_skip=False, lambdas=(1.0, 2.0, 3.0))
     net = LinearNet()
     support, target = torch.randn(2, 16, 3, 4, 4, dtype=torch.float64)
-    (loss, _), t, z, r = loss_and_draws(cfg, net, support, target, step)
+    (loss, _), t, z, r = loss_and_draws(cfg, net, support, target, step, shared=False)
 
     def f(s):  # the render alone: z_q appears nowhere
         s4 = s[:, None, None, None]

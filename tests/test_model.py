@@ -140,7 +140,7 @@ def small_model():
 
 def batch_of(n):
     x = to_float(ShapesDataset('train', 32).get(range(n)))
-    return {'support': x, 'target': x, 'query': make_grid(32, 32)}
+    return {'support': x, 'target': x, 'query': make_grid(32, 32), 'shared_noise': True}
 
 
 @pytest.mark.parametrize('term', ['gene', 'recon', 'diff'])
@@ -218,3 +218,20 @@ def test_pixel_head_puts_each_token_on_its_own_patch():
         assert touched == [(r // 4) * 8 + c // 4], (r, c, touched)
     big = m.inr.render(beta, make_grid(64, 64))
     assert torch.allclose(big, F.interpolate(img, size=(64, 64), mode='bilinear', align_corners=False), atol=1e-6)
+
+
+def test_every_inr_answers_the_modality_interface_with_one_signature():
+    """train.py, sample.py and fid.py call only inr.Modality's methods: each INR class has all of them, with the
+    same parameters, so a script never needs to know which modality it drives."""
+    import inspect
+    from inr import ImageINR, PixelINR
+    from nerf import NeRFINR
+    names = ['check_dataset', 'train_batch', 'write_progress', 'evaluate_encoding', 'write_samples', 'sample_arrays',
+             'reference_split', 'reference_arrays', 'nfe']
+    for name in names:
+        sigs = {cls.__name__: list(inspect.signature(getattr(cls, name)).parameters)
+                for cls in (ImageINR, PixelINR, NeRFINR)}
+        want = sigs['ImageINR']
+        assert all(s[:len(want)] == want for s in sigs.values()), (name, sigs)  # extras only after, with defaults
+    for cls in (ImageINR, PixelINR, NeRFINR):
+        assert isinstance(cls.generates_from_data, bool) and isinstance(cls.multi_view, bool)

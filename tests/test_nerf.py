@@ -299,13 +299,15 @@ def test_shapes3d_train_encode_and_orbit_end_to_end(tmp_path):
     gen = np.load(tmp_path / 'gen.npz')['samples']
     assert gen.shape == (2 * 4, 16, 16, 3) and gen.dtype == np.uint8
     import fid
-    import sample
-    from train import loss_config
-    model, cfg, _, _ = sample.load_model(ckpt)
-    assert np.array_equal(np.concatenate(list(sample.nerf_fid_samples(model, cfg, loss_config(cfg)))), gen)  # per-scene seeds
+    from data import load_split
+    from losses import LossConfig
+    from model import load
+    model, ck = load(ckpt)
+    test = load_split(ck['config'])
+    arrays = model.inr.sample_arrays(model, test, LossConfig(**ck['loss']), 0, 0, 1)
+    assert np.array_equal(np.concatenate(list(arrays)), gen)  # per-scene seeds
     assert not np.array_equal(gen[:4], gen[4:])  # a different object for each scene
-    real = np.concatenate(list(sample.nerf_fid_reference(cfg)))
-    test = SRNDataset(cache / 'test', 16)
+    real = np.concatenate(list(model.inr.reference_arrays(test)))
     assert np.array_equal(real[5], test.get(1, [1])[0][0].numpy())  # scene-major: scene 1, view 1
     fake_path, real_path = tmp_path / 'gen.npz', tmp_path / 'real.npz'
     np.savez(real_path, samples=real)
@@ -341,10 +343,9 @@ def test_nerf_generation_can_reach_white_under_each_nerf_preset(dataset, steps):
     c_out(T) M_beta, M_beta renders in [-1, 1], so that needs c_out(80) ~ 1: sigma_data = 1 (0.5 gives mid-grey);
     its 2-step NeRF is M_beta re-encoded at t_min (not c_out(t_mid) M_beta = 0.63 x white). Without the query
     skip (shapes3d) it is M_beta itself at either step."""
-    import sample
     model, lcfg, (o, d) = tiny_nerf(dataset)
     model.inr.density_scale = 0.0                                # nothing anywhere: every ray sees the background
-    gen = sample.generate_nerf(model, [0], lcfg, (o, d), (o[None], d[None]), steps)
+    gen = model.inr.generate_rays(model, [0], lcfg, (o, d), (o[None], d[None]), steps)
     assert gen.shape == (1, 1, 3, 16, 16) and gen.min() > 0.999
 
 
@@ -352,20 +353,19 @@ def test_nerf_generation_can_reach_white_under_each_nerf_preset(dataset, steps):
 def test_two_step_nerf_generation_renoises_the_first_object_at_t_mid(dataset):
     """Step 2 encodes the 1-step object seen from the support camera under fresh noise of std t_mid; under Eq. 12
     one more pass re-encodes the support-view image at t_min. Samples do not depend on the batch."""
-    import sample
     from losses import c_in
     model, lcfg, (o, d) = tiny_nerf(dataset)
     orbit = get_rays(torch.stack(hemisphere_poses(3, radius=1.4)), 19.2, 8, 8, 16, 16)
     calls, encode = [], model.encode
     model.encode = lambda x, c, q: calls.append((x, c)) or encode(x, c, q)
-    two = sample.generate_nerf(model, [5, 6], lcfg, (o, d), orbit, 2)
+    two = model.inr.generate_rays(model, [5, 6], lcfg, (o, d), orbit, 2)
     times = [math.exp(4 * c[0].item()) for _, c in calls]
     assert times == pytest.approx([80.0, 0.821] + ([lcfg.t_min] if dataset == 'srn_cars' else []), rel=1e-5)
-    first = sample.generate_nerf(model, [5, 6], lcfg, (o, d), (o[None], d[None]), 1)     # (2, 1, 3, 16, 16)
+    first = model.inr.generate_rays(model, [5, 6], lcfg, (o, d), (o[None], d[None]), 1)     # (2, 1, 3, 16, 16)
     noise = (calls[1][0] / c_in(torch.tensor(0.821), lcfg) - first) / math.sqrt(0.821 ** 2 - lcfg.t_min ** 2)
     assert noise.std().item() == pytest.approx(1, abs=0.1) and abs(noise.mean().item()) < 0.1
     assert (noise - calls[0][0] / c_in(torch.tensor(80.0), lcfg) / 80).abs().mean() > 0.5  # not the first noise
     model.encode = encode
     assert two.shape == (2, 3, 3, 16, 16)
-    assert torch.allclose(sample.generate_nerf(model, [6], lcfg, (o, d), orbit, 2)[0], two[1], atol=1e-5)
-    assert (two - sample.generate_nerf(model, [5, 6], lcfg, (o, d), orbit, 1)).abs().max() > 1e-3
+    assert torch.allclose(model.inr.generate_rays(model, [6], lcfg, (o, d), orbit, 2)[0], two[1], atol=1e-5)
+    assert (two - model.inr.generate_rays(model, [5, 6], lcfg, (o, d), orbit, 1)).abs().max() > 1e-3

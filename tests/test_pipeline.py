@@ -13,12 +13,21 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from data import load_split  # noqa: E402
+import losses  # noqa: E402
+import model as inrct_model  # noqa: E402
 import train  # noqa: E402
 
 # a few fast steps that cross the warm-up and two ECT stages
 FAST = ['--batch_size', '4', '--max_iters', '6', '--warmup_iters', '2', '--ect_d', '2', '--log_interval', '1',
         '--sample_interval', '1000', '--ckpt_interval', '1000', '--max_minutes', '0', '--ema_decay', '0.9',
         '--lr_full', '0']
+
+
+def load(path):
+    """(model, training config, LossConfig, step) of a checkpoint, as sample.py and fid.py read it."""
+    model, ckpt = inrct_model.load(path)
+    return model, ckpt['config'], losses.LossConfig(**ckpt['loss']), ckpt['step']
 
 
 def run(args, env=None, **kw):
@@ -182,23 +191,21 @@ def trained_ckpt(tmp_path_factory):
 
 @pytest.mark.parametrize('steps', [1, 2])
 def test_generate_shapes_at_several_resolutions(trained_ckpt, steps):
-    import sample
-    model, cfg, _, _ = sample.load_model(trained_ckpt)
+    model, cfg, _, _ = load(trained_ckpt)
     lcfg = train.loss_config(cfg)
     for res in (16, 32, 48, 96):
-        grid_img, inr_img = sample.generate(model, [0, 1, 2], steps, lcfg, res)
+        grid_img, inr_img = model.inr.generate(model, [0, 1, 2], steps, lcfg, res)
         assert grid_img.shape == (3, 3, 32, 32) and inr_img.shape == (3, 3, res, res)
         assert torch.isfinite(inr_img).all()
     # per-image seeds: a sample does not depend on what else is in the batch
-    a, _ = sample.generate(model, [5, 6], steps, lcfg)
-    b, _ = sample.generate(model, [6], steps, lcfg)
+    a, _ = model.inr.generate(model, [5, 6], steps, lcfg)
+    b, _ = model.inr.generate(model, [6], steps, lcfg)
     assert torch.allclose(a[1], b[0], atol=1e-5)
 
 
 def test_checkpoint_rebuilds_its_model_alone_and_old_ones_are_refused_until_upgraded(trained_ckpt, tmp_path):
-    import sample
-    model, cfg, lcfg, _ = sample.load_model(trained_ckpt)
-    want, _ = sample.generate(model, [1, 2], 2, lcfg)
+    model, cfg, lcfg, _ = load(trained_ckpt)
+    want, _ = model.inr.generate(model, [1, 2], 2, lcfg)
     ckpt = torch.load(trained_ckpt, weights_only=True)
     assert ckpt['model_args'] == train.model_args(ckpt['config']) and lcfg == train.loss_config(ckpt['config'])
     old = str(tmp_path / 'old.pt')  # as written before checkpoints carried their settings
@@ -213,30 +220,28 @@ def test_checkpoint_rebuilds_its_model_alone_and_old_ones_are_refused_until_upgr
     torch.save(ckpt, old)
     r = run([sys.executable, 'train.py', '--upgrade_checkpoint', old])
     assert r.returncode == 0, r.stderr[-2000:]
-    model, cfg, lcfg, _ = sample.load_model(old)
-    assert cfg['modality'] == 'image' and torch.equal(sample.generate(model, [1, 2], 2, lcfg)[0], want)
+    model, cfg, lcfg, _ = load(old)
+    assert cfg['modality'] == 'image' and torch.equal(model.inr.generate(model, [1, 2], 2, lcfg)[0], want)
 
 
 def test_ode_sampler_against_the_closed_form_of_gaussian_data():
     """Data N(0, s^2): D(x, t) = x s^2 / (s^2 + t^2), and the ODE maps x_T to x_T s / sqrt(s^2 + T^2) exactly;
     Euler on EDM's times converges to it (first order), and a one-image dataset is reached exactly."""
-    import sample
     s, x_T = 0.5, torch.randn(4, 3, 8, 8, dtype=torch.float64) * 80
     exact = x_T * s / (s ** 2 + 80 ** 2) ** 0.5
-    err = {n: (sample.ode_sample(lambda x, t: x * s ** 2 / (s ** 2 + t ** 2), x_T, sample.karras_times(n))
+    err = {n: (losses.ode_sample(lambda x, t: x * s ** 2 / (s ** 2 + t ** 2), x_T, losses.karras_times(n))
                - exact).abs().max().item() / exact.abs().max().item() for n in (8, 64, 512)}
     assert err[512] < 0.01 and err[512] < err[64] / 4 < err[8] / 16
     y = torch.rand(4, 3, 8, 8, dtype=torch.float64)
-    assert torch.allclose(sample.ode_sample(lambda x, t: y, x_T, sample.karras_times(5)), y, atol=1e-9)
-    t = sample.karras_times(18)
+    assert torch.allclose(losses.ode_sample(lambda x, t: y, x_T, losses.karras_times(5)), y, atol=1e-9)
+    t = losses.karras_times(18)
     assert t[0] == 80.0 and abs(t[-2] - 0.002) < 1e-12 and t[-1] == 0 and all(a > b for a, b in zip(t, t[1:]))
 
 
 def test_ode_samples_of_a_checkpoint_are_finite_and_seeded(trained_ckpt):
-    import sample
-    model, cfg, _, _ = sample.load_model(trained_ckpt)
-    a = sample.generate_ode(model, [3, 4], 4, train.loss_config(cfg))
-    b = sample.generate_ode(model, [4], 4, train.loss_config(cfg))
+    model, cfg, _, _ = load(trained_ckpt)
+    a = model.inr.generate_ode(model, [3, 4], 4, train.loss_config(cfg))
+    b = model.inr.generate_ode(model, [4], 4, train.loss_config(cfg))
     assert a.shape == (2, 3, 32, 32) and torch.isfinite(a).all() and torch.allclose(a[1], b[0], atol=1e-5)
 
 
@@ -256,13 +261,12 @@ def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip, boundary_si
     pass); without the query skip f(x, t_mid) is c_out(t_mid) times the render of the step-2 tokens, which is that
     INR (2 passes; c_out = 1, or 1 - 6e-4 with the boundary skip)."""
     import math
-    import sample
     from inr import make_grid
     from losses import c_out
     model, _, lcfg = tiny_image(query_skip, boundary_sigma)
     calls, encode = [], model.encode
     model.encode = lambda x, c, q=None: calls.append((c, encode(x, c, q))) or calls[-1][1]
-    grid_img, big = sample.generate(model, [3, 4], 2, lcfg, 48)
+    grid_img, big = model.inr.generate(model, [3, 4], 2, lcfg, 48)
     model.encode = encode
     times = [math.exp(4 * c[0].item()) for c, _ in calls]
     assert times == pytest.approx([80.0, 0.821] + ([lcfg.t_min] if query_skip else []), rel=1e-5)
@@ -279,7 +283,6 @@ def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip, boundary_si
 def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_path):
     """sample.py --denoise: at t_min f is the noisy input itself under Eq. 12 (shifted c_skip = 1) and with the
     boundary skip, the render alone without either; the noisy input's PSNR falls with t as -20 log10(t) + const."""
-    import sample
     js = str(tmp_path / 'd.json')
     r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--denoise', '--limit', '8', '--json', js])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -289,7 +292,7 @@ def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_p
     assert noisy[0] - noisy[1] == pytest.approx(20 * np.log10(8.65), abs=0.5)  # no clipping yet at these t
     for skip, boundary in ((True, 0.0), (False, 0.0), (False, 0.02)):
         model, cfg, lcfg = tiny_image(skip, boundary)
-        row, = sample.evaluate_denoising(model, cfg, lcfg, ts=(0.003,), limit=8)['by_t']
+        row, = model.inr.evaluate_denoising(model, load_split(cfg), lcfg, ts=(0.003,), limit=8)['by_t']
         assert (row['psnr_f'] == row['psnr_noisy']) == (skip or boundary > 0)
 
 
@@ -341,7 +344,6 @@ def test_one_step_generation_learns_a_two_image_dataset(tmp_path):
     images' mean (which is where a denoiser without consistency training, or too low an lr, leaves them:
     README, Known gaps). Measured (medians over the 64 samples): 24.9 dB to the nearest image against 14.7 dB
     to the mean after 600 steps; it fails after 400 steps (18.0 vs 15.4) and with --lr_full 1e-4 (16.9 vs 16.7)."""
-    import sample
     from PIL import Image
     from data import render_shapes
     from inr import psnr, to_float
@@ -355,9 +357,9 @@ def test_one_step_generation_learns_a_two_image_dataset(tmp_path):
              '--warmup_iters', '50', '--ect_d', '100', '--max_iters', '600', '--ema_decay', '0.99',
              '--sample_interval', '1000', '--ckpt_interval', '1000', '--max_minutes', '0', '--out_dir', out])
     assert r.returncode == 0, r.stderr[-2000:]
-    model, cfg, _, _ = sample.load_model(os.path.join(out, 'ckpt.pt'))
-    images = to_float(sample.dataset_split(cfg, 'train').get([0, 1]))
-    gen, _ = sample.generate(model, list(range(64)), 1, train.loss_config(cfg))
+    model, cfg, _, _ = load(os.path.join(out, 'ckpt.pt'))
+    images = to_float(load_split(cfg, 'train').get([0, 1]))
+    gen, _ = model.inr.generate(model, list(range(64)), 1, train.loss_config(cfg))
     gen = gen.clamp(-1, 1)
     nearest = torch.stack([psnr(gen, im.expand_as(gen)) for im in images], 1).max(1).values
     to_mean = psnr(gen, images.mean(0, keepdim=True).expand_as(gen))

@@ -119,19 +119,20 @@ def test_fid_reference_cache_is_keyed_on_the_data_it_describes(tmp_path):
     import fid
     write_images(tmp_path / 'a', 20, seed=1)
     write_images(tmp_path / 'b', 20, seed=2)
-    ex = fid.Features('pixels')
+    from inr import ImageINR
+    ex, inr = fid.Features('pixels'), ImageINR(resolution=16)
     cfg = {**train.defaults(), 'dataset': 'folder', 'resolution': 16}
-    mu_a = fid.reference_stats({**cfg, 'data_dir': str(tmp_path / 'a')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
-    mu_b = fid.reference_stats({**cfg, 'data_dir': str(tmp_path / 'b')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
+    mu_a = fid.reference_stats(inr, {**cfg, 'data_dir': str(tmp_path / 'a')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
+    mu_b = fid.reference_stats(inr, {**cfg, 'data_dir': str(tmp_path / 'b')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
     assert not np.allclose(mu_a, mu_b)
-    mu_split = fid.reference_stats({**cfg, 'data_dir': str(tmp_path / 'a'), 'test_fraction': 0.5}, 'train', ex, 10,
+    mu_split = fid.reference_stats(inr, {**cfg, 'data_dir': str(tmp_path / 'a'), 'test_fraction': 0.5}, 'train', ex, 10,
                                    str(tmp_path / 'c'))[0]
     assert not np.allclose(mu_a, mu_split)
     write_images(tmp_path / 'a', 20, seed=3)  # same names, new contents
     os.utime(tmp_path / 'a' / '000.png', ns=(1, 1))
-    mu_new = fid.reference_stats({**cfg, 'data_dir': str(tmp_path / 'a')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
+    mu_new = fid.reference_stats(inr, {**cfg, 'data_dir': str(tmp_path / 'a')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
     assert not np.allclose(mu_a, mu_new)
-    again = fid.reference_stats({**cfg, 'data_dir': str(tmp_path / 'a')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
+    again = fid.reference_stats(inr, {**cfg, 'data_dir': str(tmp_path / 'a')}, 'train', ex, 10, str(tmp_path / 'c'))[0]
     assert np.array_equal(mu_new, again) and len(os.listdir(tmp_path / 'c')) == 4
 
 
@@ -199,13 +200,11 @@ def test_a_crash_mid_run_writes_a_checkpoint_and_exits_non_zero(tmp_path):
 import sys
 sys.path.insert(0, {ROOT!r})
 import train
-calls = []
 real = train.step_generator
-def failing(*a):
-    calls.append(1)
-    if len(calls) == 5:
+def failing(seed, step, *a):
+    if step == 4:  # the fifth step (steps count from 0)
         raise RuntimeError('simulated failure in step 5')
-    return real(*a)
+    return real(seed, step, *a)
 train.step_generator = failing
 train.main({[*FAST, '--out_dir', str(out)]!r})
 """

@@ -1,4 +1,4 @@
-"""The ideal denoiser of a training set (the posterior mean over n_train images) run through sample.ode_sample, and
+"""The ideal denoiser of a training set (the posterior mean over n_train images) run through losses.ode_sample, and
 its denoising PSNR by t on test images next to a checkpoint's f: a check of the ODE sampler (it must return
 training images) and the yardstick for `sample.py --ode` (docs/generation.md).
 
@@ -11,9 +11,10 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import sample  # noqa: E402
-from inr import make_grid, psnr, to_float, to_uint8  # noqa: E402
-from losses import consistency_fn  # noqa: E402
+from data import load_split  # noqa: E402
+from inr import make_grid, psnr, save_grid, to_float, to_uint8  # noqa: E402
+from losses import LossConfig, consistency_fn, karras_times, ode_sample, per_image_noise  # noqa: E402
+from model import load  # noqa: E402
 
 TS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0, 10.0, 80.0)
 
@@ -31,21 +32,23 @@ def main(argv):
     p.add_argument('--steps', type=int, default=32)
     p.add_argument('--out', default='ideal_ode.png')
     a = p.parse_args(argv)
-    _, cfg, lcfg, _ = sample.load_model(a.ckpt[0])
-    train = sample.dataset_split(cfg, 'train')
+    ckpt = load(a.ckpt[0])[1]
+    cfg, lcfg = ckpt['config'], LossConfig(**ckpt['loss'])
+    train = load_split(cfg, 'train')
     train = to_float(train.get(range(min(a.n_train, len(train))))).flatten(1).double()
     R = cfg['resolution']
-    x_T = lcfg.t_max * sample.per_image_noise(range(64), (3, R, R), 'cpu')
-    out = sample.ode_sample(lambda x, t: ideal(train, x, t), x_T, sample.karras_times(a.steps, lcfg.t_max))
-    sample.save_grid(to_uint8(out), a.out)
+    x_T = lcfg.t_max * per_image_noise(range(64), (3, R, R), 'cpu')
+    out = ode_sample(lambda x, t: ideal(train, x, t), x_T, karras_times(a.steps, lcfg.t_max))
+    save_grid(to_uint8(out), a.out)
     print(f"wrote {a.out}: {a.steps}-step ODE with the ideal denoiser of {len(train)} training images")
-    x = to_float(sample.dataset_split(cfg).get(range(64)))
+    x = to_float(load_split(cfg).get(range(64)))
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     print('PSNR of the denoised test images by t\nt              ' + ' '.join(f'{t:6g}' for t in TS))
     print('ideal          ' + ' '.join(f'{psnr(ideal(train, x + t * z, t), x).mean().item():6.2f}' for t in TS))
     grid = make_grid(R, R, 'cpu')
     for path in a.ckpt:
-        model, _, lcfg, step = sample.load_model(path)
+        model, ckpt = load(path)
+        lcfg, step = LossConfig(**ckpt['loss']), ckpt['step']
         row = []
         for t in TS:
             tt = torch.full((len(x),), t)

@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import sample  # noqa: E402
+from data import load_split  # noqa: E402
 from inr import make_grid, to_float, to_uint8  # noqa: E402
+from losses import LossConfig, encode  # noqa: E402
+from model import load  # noqa: E402
 
 TILE, GAP = 96, 4
 
@@ -29,14 +31,15 @@ def main(argv):
     p.add_argument('--out', default='docs/quickstart.png')
     p.add_argument('--rows', type=int, default=4)
     a = p.parse_args(argv)
-    model, cfg, lcfg, _ = sample.load_model(a.ckpt)
+    model, ckpt = load(a.ckpt)
+    cfg, lcfg = ckpt['config'], LossConfig(**ckpt['loss'])
     if cfg['modality'] != 'image':
         sys.exit('error: the README figure is drawn for image checkpoints')
     R, n = cfg['resolution'], a.rows
-    x = to_float(sample.dataset_split(cfg).get(range(n)))
-    beta = sample.encode(model, x, lcfg)
+    x = to_float(load_split(cfg).get(range(n)))
+    beta = encode(model, x, lcfg)
     cols = [to_uint8(x)] + [to_uint8(model.inr.render(beta, make_grid(R * s, R * s, 'cpu'), 4096)) for s in (1, 2, 4)]
-    samples = to_uint8(sample.generate(model, list(range(2 * n)), 2, lcfg)[0])
+    samples = to_uint8(model.inr.generate(model, list(range(2 * n)), 2, lcfg)[0])
     width = 6 * (TILE + GAP) + GAP
     canvas = np.full((n * (TILE + GAP) + GAP, width, 3), 255, np.uint8)
     for r in range(n):
