@@ -7,6 +7,8 @@ folder   any directory tree of png/jpg images, centre-cropped and resized; a fil
          of its path relative to data_dir falls below test_fraction (stable as files come and go, every class
          folder represented).
 SRNDataset / write_shapes3d: multi-view sets in SRN Cars' on-disk layout (real SRN Cars, or generated offline).
+shapes_occ  the embedded 3D default: procedural solids voxelised as occupancy grids `get -> uint8 (B, D, D, D)`.
+voxels   a folder of .binvox (ShapeNet's format) or .npy occupancy grids, class folders allowed, hash split as folder.
 """
 import codecs
 import hashlib
@@ -23,6 +25,8 @@ from tqdm import tqdm
 from nerf import check_pose, get_rays, hemisphere_poses, srn_to_opengl
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+VOXEL_EXTS = ('.binvox', '.npy')
+DATASETS = ('shapes', 'cifar10', 'celeba', 'folder', 'shapes3d', 'srn_cars', 'shapes_occ', 'voxels')
 
 
 # --- shapes: the embedded default -------------------------------------------------------------------
@@ -182,13 +186,18 @@ def load_cifar10(data_dir, split):
 
 # --- image folders (CelebA-HQ, anything) ----------------------------------------------------------------
 def list_images(data_dir):
+    return list_files(data_dir, IMAGE_EXTS)
+
+
+def list_files(data_dir, exts):
+    """Every file under data_dir (recursively, sorted) whose extension is one of exts."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist; pass --data_dir pointing at a directory "
-                                f"of {'/'.join(IMAGE_EXTS)} files (searched recursively)")
-    files = sorted(p for p in root.rglob('*') if p.suffix.lower() in IMAGE_EXTS)
+        raise FileNotFoundError(f"folder {root} does not exist; pass --data_dir pointing at a directory "
+                                f"of {'/'.join(exts)} files (searched recursively)")
+    files = sorted(p for p in root.rglob('*') if p.suffix.lower() in exts)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTS)} images under {root}")
+        raise FileNotFoundError(f"no {'/'.join(exts)} files under {root}")
     return files
 
 
@@ -276,6 +285,8 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == 'shapes':
         return ShapesDataset(split, resolution, seed)
+    if name == 'shapes_occ':
+        return ShapesOccDataset(split, resolution, seed, cache_dir=cache_dir)
     if not data_dir and name != 'shapes3d':
         raise ValueError(f"--dataset {name} reads from disk: pass --data_dir PATH (README: 'CIFAR-10, CelebA-HQ')")
     if name == 'cifar10':
@@ -312,7 +323,14 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
         return SRNDataset(cache / split, resolution)
     if name == 'srn_cars':
         return SRNDataset(Path(data_dir) / f'cars_{split}', resolution)
-    raise ValueError(f"unknown dataset {name!r}; choose shapes, cifar10, celeba, folder, shapes3d or srn_cars")
+    if name == 'voxels':
+        files = list_files(data_dir, VOXEL_EXTS)
+        if len(files) < 2:
+            raise ValueError(f"{data_dir} holds {len(files)} .binvox/.npy grid; a train and a test split need at least 2")
+        test = hash_split(files, data_dir, test_fraction)
+        files = [f for f, is_test in zip(files, test) if is_test == (split == 'test')]
+        return VoxelDataset(load_voxels(files, resolution, cache_root(cache_dir), f'voxels_{split}'))
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 # --- SRN camera files (the NeRF loaders build on these) ------------------------------------------------------
@@ -347,7 +365,7 @@ class SRNDataset:
 
     get(scene, views) -> (uint8 images (V, R, R, 3), OpenGL poses (V, 4, 4), (f, cx, cy) at resolution R).
     """
-    multi_view = True  # what a modality checks (image datasets have no such attribute)
+    data_kind = 'scenes'  # what a modality's INR checks (image datasets have no such attribute)
 
     def __init__(self, root, resolution):
         self.root, self.resolution = Path(root), resolution
@@ -495,6 +513,187 @@ def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False):
             np.savetxt(scene / 'pose' / f'{v:06d}.txt', srn_to_opengl(pose).numpy().reshape(1, 16))  # back to OpenCV
         (scene / 'intrinsics.txt').write_text(f'{focal} {resolution / 2} {resolution / 2} 0.\n0. 0. 0.\n1.\n'
                                               f'{resolution} {resolution}\n')
+    return out
+
+
+# --- shapes_occ and voxels: 3D occupancy grids ------------------------------------------------------------
+OCC_FINE = 64  # sub-voxel samples per axis over the cube: every resolution dividing 64 is the same solids
+               # box-filtered over its voxels, so pooling the 2x grid 2x2x2 gives the 1x grid
+
+
+def solid_params(seed, index):
+    """Per-object parameters: 1-3 solids (sphere, box, cylinder, torus), each placed, sized and rotated."""
+    rng = np.random.default_rng([seed, 3, index])  # a stream apart from the 2D shapes'
+    solids = []
+    for _ in range(rng.integers(1, 4)):
+        rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # a random orthonormal frame
+        solids.append(dict(kind=['sphere', 'box', 'cylinder', 'torus'][rng.integers(4)], rot=rot,
+                           centre=rng.uniform(-0.35, 0.35, 3), size=rng.uniform(0.25, 0.5),
+                           aspect=rng.uniform(0.5, 1.0, 3)))
+    return solids
+
+
+def solid_mask(s, points):
+    """Inside-mask of one solid at points (..., 3) in (-1, 1)^3 (axis 0 = x, 1 = y, 2 = z)."""
+    q = (points - s['centre']) @ s['rot']  # the solid's own frame
+    r, a = s['size'], s['aspect']
+    if s['kind'] == 'sphere':
+        return (q ** 2).sum(-1) < r ** 2
+    if s['kind'] == 'box':
+        return (np.abs(q) < r * a).all(-1)
+    radial = np.sqrt(q[..., 0] ** 2 + q[..., 1] ** 2)
+    if s['kind'] == 'cylinder':
+        return (radial < r * a[0]) & (np.abs(q[..., 2]) < r * a[2])
+    return (radial - r) ** 2 + q[..., 2] ** 2 < (0.4 * r * a[1]) ** 2  # torus: tube radius 0.2-0.4 of the ring's
+
+
+def voxelize_solids(seed, index, resolution):
+    """One shapes_occ object -> uint8 (D, D, D)."""
+    return voxelize(solid_params(seed, index), resolution)
+
+
+def voxelize(solids, resolution):
+    """The fraction of each voxel inside the union of solids, from OCC_FINE/resolution sub-samples per axis
+    -> uint8 (D, D, D), 255 = fully inside."""
+    ss = max(1, OCC_FINE // resolution)
+    n = resolution * ss
+    coord = ((np.arange(n) * 2 + 1) / n - 1).astype(np.float32)
+    inside = np.zeros((n, n, n), bool)
+    for s in solids:  # only the sub-samples within the solid's bounding cube (1.75 size: a box's corner)
+        lo = np.clip(np.floor((s['centre'] - 1.75 * s['size'] + 1) * n / 2).astype(int), 0, n)
+        hi = np.clip(np.ceil((s['centre'] + 1.75 * s['size'] + 1) * n / 2).astype(int), 0, n)
+        box = np.stack(np.meshgrid(*[coord[a:b] for a, b in zip(lo, hi)], indexing='ij'), -1)
+        inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= solid_mask(s, box)
+    occ = inside.reshape(resolution, ss, resolution, ss, resolution, ss).mean(axis=(1, 3, 5))
+    return np.round(occ * 255).astype(np.uint8)
+
+
+class VoxelDataset:
+    """Occupancy grids held in memory as uint8 (N, D, D, D), 255 = occupied."""
+    data_kind = 'voxels'
+
+    def __init__(self, array):
+        self.array = array
+        self.resolution = array.shape[1]
+
+    def __len__(self):
+        return len(self.array)
+
+    def get(self, indices, resolution=None):
+        if resolution not in (None, self.resolution):
+            raise ValueError(f"this dataset is stored at {self.resolution}^3; it has no {resolution}^3 version")
+        return torch.from_numpy(self.array[np.asarray(list(indices))])
+
+
+class ShapesOccDataset(VoxelDataset):
+    """Procedural solids: train = objects [0, n_train), test = [n_train, n_train + n_test) of one seed, voxelised
+    once into the cache (a tqdm bar); get(indices, resolution) voxelises the same objects at any other size."""
+    any_resolution = True
+
+    def __init__(self, split='train', resolution=32, seed=0, n_train=4000, n_test=200, cache_dir=''):
+        self.seed = seed
+        self.offset, n = (0, n_train) if split == 'train' else (n_train, n_test)
+        path = cache_root(cache_dir) / f'shapes_occ_v1_{resolution}_s{seed}_{split}_{n}.npy'
+        if path.is_file():
+            array = np.load(path)
+        else:
+            array = np.stack([voxelize_solids(seed, self.offset + i, resolution)
+                              for i in tqdm(range(n), desc=f'voxelising shapes_occ {split}')])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f'.tmp{os.getpid()}.npy')
+            np.save(tmp, array)
+            os.replace(tmp, path)  # atomic: a killed run never leaves a truncated cache
+        super().__init__(array)
+
+    def get(self, indices, resolution=None):
+        if resolution in (None, self.resolution):
+            return super().get(indices)
+        return torch.from_numpy(np.stack([voxelize_solids(self.seed, self.offset + int(i), resolution)
+                                          for i in indices]))
+
+
+def read_binvox(path):
+    """A .binvox file (header '#binvox 1', 'dim D D D', ..., 'data', then (value, count) byte pairs in x-z-y
+    order) -> bool (D, D, D) indexed (x, y, z). Bad files raise an error that names them."""
+    with open(path, 'rb') as f:
+        head = f.readline().strip()
+        if not head.startswith(b'#binvox'):
+            raise ValueError(f"{path}: not a binvox file (it starts {head[:16]!r}, expected b'#binvox 1')")
+        dims = None
+        while True:
+            line = f.readline()
+            if not line:
+                raise ValueError(f"{path}: the binvox header never reaches its 'data' line; the file is truncated")
+            line = line.strip()
+            if line.startswith(b'dim'):
+                dims = [int(v) for v in line.split()[1:]]
+            elif line == b'data':
+                break
+        raw = np.frombuffer(f.read(), dtype=np.uint8)
+    if dims is None or len(dims) != 3:
+        raise ValueError(f"{path}: the binvox header has no 'dim D D D' line")
+    if len(set(dims)) != 1:
+        raise ValueError(f"{path}: the grid is {'x'.join(map(str, dims))}, not cubic; re-voxelise it with binvox -d N")
+    counts = raw[1::2].astype(np.int64)
+    if len(raw) % 2 or counts.sum() != np.prod(dims):
+        raise ValueError(f"{path}: the run-length data covers {counts.sum()} voxels but the header says "
+                         f"{'x'.join(map(str, dims))} = {np.prod(dims)}; the file is truncated or corrupt")
+    return np.repeat(raw[0::2] > 0, counts).reshape(dims).transpose(0, 2, 1)
+
+
+def write_binvox(path, occupied):
+    """bool (D, D, D) indexed (x, y, z) -> a .binvox file (tests write fixtures in the real format with this)."""
+    flat = np.asarray(occupied, bool).transpose(0, 2, 1).reshape(-1).astype(np.uint8)
+    runs, i = bytearray(), 0
+    while i < len(flat):
+        j = i
+        while j < len(flat) and j - i < 255 and flat[j] == flat[i]:
+            j += 1
+        runs += bytes([flat[i], j - i])
+        i = j
+    D = occupied.shape[0]
+    Path(path).write_bytes(f'#binvox 1\ndim {D} {D} {D}\ntranslate 0 0 0\nscale 1\ndata\n'.encode() + bytes(runs))
+
+
+def read_voxels(path, resolution):
+    """One .binvox or .npy grid -> uint8 (R, R, R) occupancy: larger grids are box-filtered to R (fractions),
+    smaller ones repeated; .npy holds bool, uint8 0-255 or floats in [0, 1] (loaded without pickle)."""
+    if str(path).endswith('.binvox'):
+        grid = read_binvox(path).astype(np.float32)
+    else:
+        try:
+            grid = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a plain .npy array ({e}); save grids with np.save(path, array)") from None
+        if grid.ndim != 3 or len(set(grid.shape)) != 1:
+            raise ValueError(f"{path}: expected a cubic grid D x D x D, got shape {grid.shape}")
+        grid = grid.astype(np.float32) / (255.0 if grid.dtype == np.uint8 else 1.0)
+        if grid.min() < 0 or grid.max() > 1:
+            raise ValueError(f"{path}: occupancy values must lie in [0, 1] (or 0-255 as uint8)")
+    D = grid.shape[0]
+    if D % resolution == 0:
+        k = D // resolution
+        grid = grid.reshape(resolution, k, resolution, k, resolution, k).mean(axis=(1, 3, 5))
+    elif resolution % D == 0:
+        k = resolution // D
+        grid = grid.repeat(k, 0).repeat(k, 1).repeat(k, 2)
+    else:
+        raise ValueError(f"{path}: a {D}^3 grid cannot be resampled to --resolution {resolution}; use a resolution "
+                         f"that divides {D} or that {D} divides")
+    return np.round(grid * 255).astype(np.uint8)
+
+
+def load_voxels(files, resolution, cache_dir=None, desc='voxels'):
+    """Read files into uint8 (N, R, R, R) once: a .npy cache keyed by the files (name, size, mtime) and R."""
+    cache = Path(cache_dir) / f'{desc}_{resolution}_{files_fingerprint("/", files)}.npy' if cache_dir else None
+    if cache is not None and cache.is_file():
+        return np.load(cache)
+    out = np.stack([read_voxels(f, resolution) for f in tqdm(files, desc=f'loading {desc}', leave=False)])
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f'.tmp{os.getpid()}.npy')
+        np.save(tmp, out)
+        os.replace(tmp, cache)
     return out
 
 

@@ -64,20 +64,21 @@ class Modality:
     """What train.py, sample.py and fid.py ask of an INR; they call only these methods (model.inr.<name>), so a new
     modality is a new INR class with the same methods (ImageModality below, nerf.NeRFINR):
       check_dataset, train_batch                    train.py: refuse the wrong data; one micro-batch
-      write_progress                                train.py: PNG grids and a test PSNR during training
+      write_progress                                train.py: PNG grids and (score name, test score) during training
       evaluate_encoding, write_samples              sample.py --encode / the default
       sample_arrays, reference_split/_arrays, nfe   fid.py: generated and real uint8 arrays for the metrics
     `model` is the whole INRCT (hyper-network + this INR); `cfg` of train_batch is the training config, `lcfg`
     elsewhere the LossConfig a checkpoint was trained with."""
-    multi_view = False            # what a dataset must be: multi-view scenes (NeRF) or single images
+    data_kind = 'images'          # what a dataset must hold: its `data_kind` ('images' when it has none)
     generates_from_data = False   # whether generation needs the dataset (NeRF: its cameras); images need none
 
     def check_dataset(self, dataset, name):
-        """Refuse data of the other kind (multi-view scenes for an image INR, or images for a NeRF)."""
-        mv = getattr(dataset, 'multi_view', False)
-        if mv != self.multi_view:
-            raise ValueError(f"--dataset {name} is {'multi-view scenes' if mv else 'images'}, but --modality is "
-                             f"{'nerf' if self.multi_view else 'image'}; set --modality {'nerf' if mv else 'image'}")
+        """Refuse data of another kind (scenes or voxel grids for an image INR, images for a NeRF, ...)."""
+        kind = getattr(dataset, 'data_kind', 'images')
+        if kind != self.data_kind:
+            modality = {'images': 'image', 'scenes': 'nerf', 'voxels': 'occupancy'}.get(kind, '?')
+            raise ValueError(f"--dataset {name} holds {kind}, but this model's INR draws {self.data_kind}; set "
+                             f"--modality {modality} (its configs set it: configs/<dataset>.py)")
 
 
 class ImageModality(Modality):
@@ -136,7 +137,7 @@ class ImageModality(Modality):
     # --- what train.py shows, sample.py writes and fid.py scores ----------------------------------
     @torch.no_grad()
     def write_progress(self, model, test_set, lcfg, out_dir):
-        """During training: 1- and 2-step sample grids and a reconstruction grid; returns the test PSNR."""
+        """During training: 1- and 2-step sample grids and a reconstruction grid; returns ('psnr', test PSNR in dB)."""
         was_training = model.training
         model.eval()
         dev = next(model.parameters()).device
@@ -147,7 +148,7 @@ class ImageModality(Modality):
             save_grid(to_uint8(image), os.path.join(out_dir, f'samples_{steps}step.png'))
         save_grid(to_uint8(interleave(x, rec)), os.path.join(out_dir, 'reconstructions.png'), nrow=16)
         model.train(was_training)
-        return psnr(rec, x).mean().item()
+        return 'psnr', psnr(rec, x).mean().item()
 
     @torch.no_grad()
     def evaluate_encoding(self, model, dataset, lcfg, limit=0, out_png=None, support_view=0, batch=64):

@@ -18,12 +18,14 @@ import torch.nn.functional as F
 
 from inr import ImageINR, PixelINR
 from nerf import NeRFINR
+from occupancy import OccupancyINR
 
 
 @dataclass
 class HyperConfig:
     token_dim: int = 48        # channels of one observation token (3 * patch^2 for RGB images)
     grid: int = 8              # observation tokens form a grid x grid table (patches per side)
+    grid_dims: int = 2         # 2: an image's patch grid; 3: a voxel grid's (grid^3 tokens, 3D position table)
     dim: int = 768             # D, attention width of encoder and decoder
     ff_dim: int = 3072         # feed-forward width
     heads: int = 12
@@ -168,6 +170,20 @@ class DecoderBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
 
+def sincos_3d_table(dim, grid):
+    """Fixed 3D sin-cos position table (grid^3, dim): a third of the channels (rounded down to even) per axis,
+    x-major as the voxel patches; the rest zero."""
+    per = dim // 6
+    omega = 1.0 / 10000 ** (torch.arange(per, dtype=torch.float64) / max(per, 1))
+    axes = torch.meshgrid(*[torch.arange(grid, dtype=torch.float64)] * 3, indexing='ij')
+    parts = []
+    for pos in axes:
+        angle = pos.flatten()[:, None] * omega[None]
+        parts += [torch.sin(angle), torch.cos(angle)]
+    table = torch.cat(parts, dim=1)
+    return torch.cat([table, torch.zeros(len(table), dim - table.shape[1], dtype=torch.float64)], 1).float()
+
+
 class HyperNetwork(nn.Module):
     """G(O_s_t, t) -> beta: observation tokens (B, L, token_dim) and c_noise (B,) -> (B, K, token width)."""
 
@@ -175,7 +191,8 @@ class HyperNetwork(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Linear(cfg.token_dim, cfg.dim)
-        self.register_buffer('pos', sincos_2d_table(cfg.dim, cfg.grid), persistent=False)
+        table = sincos_3d_table if cfg.grid_dims == 3 else sincos_2d_table
+        self.register_buffer('pos', table(cfg.dim, cfg.grid), persistent=False)
         self.time = TimeEmbedder(cfg.dim, kind=cfg.time_embed, scale=cfg.time_scale)
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.enc_depth))
         self.queries = nn.Parameter(torch.zeros(cfg.inr_tokens, cfg.dim))
@@ -207,12 +224,15 @@ class HyperNetwork(nn.Module):
         starts local (without it the decoder first learns only the mean colour: docs/design-notes.md).
         Non-square K falls back to learned queries.
         """
-        K, g = self.cfg.inr_tokens, self.cfg.grid
-        k = math.isqrt(K)
-        if k * k != K:
+        K, g, n = self.cfg.inr_tokens, self.cfg.grid, self.cfg.grid_dims
+        k = round(K ** (1 / n))
+        if k ** n != K:
             return 0.0
-        f = x[:, :g * g].transpose(1, 2).reshape(x.shape[0], -1, g, g)              # (B, D, g, g)
-        f = F.interpolate(f, size=(k, k), mode='bilinear', align_corners=False, antialias=k < g)
+        f = x[:, :g ** n].transpose(1, 2).reshape(x.shape[0], -1, *[g] * n)          # (B, D, g, g[, g])
+        if n == 3:  # a voxel grid: trilinear (F.interpolate has no antialias in 3D; k <= g averages instead)
+            f = F.adaptive_avg_pool3d(f, k) if k <= g else F.interpolate(f, size=(k,) * 3, mode='trilinear')
+        else:
+            f = F.interpolate(f, size=(k, k), mode='bilinear', align_corners=False, antialias=k < g)
         return f.flatten(2).transpose(1, 2)                                         # (B, K, D)
 
     def local_gate(self, c_noise):
@@ -231,8 +251,8 @@ class HyperNetwork(nn.Module):
     def forward(self, tokens, c_noise):
         L = tokens.shape[1]
         assert L % self.pos.shape[0] == 0, (
-            f"got {L} observation tokens but the model was built for a {self.cfg.grid}x{self.cfg.grid} "
-            f"grid; rebuild with the matching resolution/patch size")
+            f"got {L} observation tokens but the model was built for {self.pos.shape[0]} per view "
+            f"(grid {self.cfg.grid}, {self.cfg.grid_dims}D); rebuild with the matching resolution/patch size")
         c = self.time(c_noise)                                              # (B, D)
         x = self.embed(tokens) + self.pos.repeat(L // self.pos.shape[0], 1)  # (B, L, D), views share the table
         for block in self.encoder:
@@ -262,13 +282,14 @@ class INRCT(nn.Module):
         return self.inr.render(self.encode(support, c_noise, query), query, chunk)
 
 
-MODALITIES = ('image', 'nerf')  # what build_model can build; each INR answers inr.Modality's methods
+MODALITIES = ('image', 'nerf', 'occupancy')  # what build_model can build; each INR answers inr.Modality's methods
 
 
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
                 near=0.8, far=1.8, n_samples=64, local_gate=True, sigma_data=0.5, time_embed='positional',
                 time_scale=1.0, inr='anr'):
-    """The INRCT model for a named preset at a training resolution; modality 'image' (inr 'anr' or 'pixels') or 'nerf'."""
+    """The INRCT model for a named preset at a training resolution; modality 'image' (inr 'anr' or 'pixels'), 'nerf'
+    or 'occupancy' (resolution^3 voxel grids, patch^3 tokens)."""
     if preset not in INRCT_models:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(INRCT_models)}")
     if resolution % patch:
@@ -289,10 +310,14 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
                       groups=p['nerf_groups'], resolution=resolution, patch=patch, near=near, far=far,
                       n_samples=n_samples)
         token_dim, tokens = 9 * patch * patch, inr.num_tokens
+    elif modality == 'occupancy':
+        inr = OccupancyINR(width=p['inr_width'], depth=p['inr_depth'], heads=p['inr_heads'], tokens=p['inr_tokens'],
+                           pe_sigma=pe_sigma, resolution=resolution, patch=patch)
+        token_dim, tokens = patch ** 3, p['inr_tokens']
     else:
         raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
     hyper = HyperNetwork(HyperConfig(
-        token_dim=token_dim, grid=resolution // patch, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
+        token_dim=token_dim, grid=resolution // patch, grid_dims=3 if modality == 'occupancy' else 2, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
         enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],
         dropout=dropout, local_gate=local_gate, sigma_data=sigma_data, time_embed=time_embed, time_scale=time_scale))
     return INRCT(hyper, inr)

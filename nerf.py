@@ -171,7 +171,7 @@ class NeRFINR(Modality, nn.Module):
         return 2 * self.render_rays(beta, query['origins'], query['dirs'], query.get('offsets'), chunk or 4096) - 1
 
     # --- what the pipeline asks of a modality (inr.Modality) ------------------------------------------------
-    multi_view = True
+    data_kind = 'scenes'
     generates_from_data = True  # the support camera and the poses to render come from the dataset
 
     def train_batch(self, dataset, indices, cfg, generator, cpu_generator, device):
@@ -225,7 +225,7 @@ class NeRFINR(Modality, nn.Module):
 
     @torch.no_grad()
     def write_progress(self, model, test_set, lcfg, out_dir, n_scenes=8):
-        """During training: PSNR of views 1-4 encoded from view 0 on test scenes, and PNG grids."""
+        """During training: PNG grids, and ('psnr', PSNR of views 1-4 encoded from view 0 on test scenes)."""
         was_training = model.training
         model.eval()
         rows, scores = [], []
@@ -241,7 +241,7 @@ class NeRFINR(Modality, nn.Module):
             gen = self.generate_rays(model, list(range(8)), lcfg, (o, d), orbit_rays(test_set, 8, dev), steps)
             save_grid(to_uint8(gen.flatten(0, 1)), os.path.join(out_dir, f'nerf_samples_{steps}step.png'), nrow=8)
         model.train(was_training)
-        return float(np.mean(scores))
+        return 'psnr', float(np.mean(scores))
 
     @torch.no_grad()
     def evaluate_encoding(self, model, dataset, lcfg, limit=0, out_png=None, support_view=0, batch=64):

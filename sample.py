@@ -5,6 +5,7 @@
     python sample.py --ckpt out/ckpt.pt --encode --json metrics.json
     python sample.py --ckpt out3d/ckpt.pt --npz gen.npz    # NeRF: one generated object per test scene at its poses
     python sample.py --ckpt out3d/ckpt.pt --steps 2 --resolution 64 --out orbit.png   # NeRF: 2-step orbits at 64^2
+    python sample.py --ckpt outocc/ckpt.pt --steps 2 --score --json gen.json   # occupancy: MMD / COV / 1-NNA
 
 Generated INRs: 1 step, beta = G(c_in(T) T z, T) and the INR is c_out(T) M_beta (c_skip(T) x_T
 has std ~0.003 and has no continuous form); 2 steps, under Eq. 12 the grid image f(x, t_mid) mixes
@@ -55,6 +56,9 @@ def main(argv):
     p.add_argument('--split', default='test', choices=('test', 'train'),
                    help='--encode: the split to encode (train: tells under-fitting from over-fitting; use --limit)')
     p.add_argument('--support_view', type=int, default=0, help='NeRF --encode: the one view each object is encoded from')
+    p.add_argument('--score', action='store_true',
+                   help='occupancy: MMD, COV and 1-NNA (Chamfer) of --steps samples against the test split (--limit '
+                        'shapes, 0 = all), next to train shapes and the mean shape')
     a = p.parse_args(argv)
     if a.resolution < 0 or a.n < 1:
         p.error('--resolution must be >= 0 and --n >= 1')
@@ -68,6 +72,11 @@ def main(argv):
             print(f"t {row['t']:7g}: f {row['psnr_f']:6.2f} dB   noisy input {row['psnr_noisy']:6.2f} dB")
         print(f"the test images' mean image: {out['psnr_mean_image']:.2f} dB ({out['n_images']} images, step {step})")
         write_json(out, a, step)
+    elif a.score:
+        if not hasattr(inr, 'evaluate_generation'):
+            p.error(f"--score takes an occupancy checkpoint; for a {cfg['modality']} model use fid.py")
+        out = inr.evaluate_generation(model, load_split(cfg, 'train'), load_split(cfg), lcfg, a.limit, a.seed, a.steps)
+        print(json.dumps(write_json(out, a, step), indent=1))
     elif a.encode:
         out = inr.evaluate_encoding(model, load_split(cfg, a.split), lcfg, a.limit, a.out.replace('.png', '_encode.png'),
                                     a.support_view)

@@ -25,14 +25,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import load_split
+from data import DATASETS, load_split
 from losses import INRCTLoss, LossConfig, train_step
 from model import MODALITIES, INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
 # defaults (each can be overridden by configs/<dataset>.py, then by --key=value or --key value)
-dataset = 'shapes'        # images: shapes | cifar10 | celeba | folder; NeRF: shapes3d | srn_cars
-modality = 'image'        # what the INR represents: 'image' | 'nerf' (configs/shapes3d.py, srn_cars.py)
+dataset = 'shapes'        # images: shapes | cifar10 | celeba | folder; NeRF: shapes3d | srn_cars; 3D: shapes_occ | voxels
+modality = 'image'        # what the INR represents: 'image' | 'nerf' | 'occupancy' (set by the dataset's config)
 config = ''               # preset file configs/<config>.py ('' = configs/<dataset>.py), e.g. --config shapes_gen
 data_dir = ''
 cache_dir = ''            # where celeba's .npy cache goes ('' = ~/.cache/inrct)
@@ -50,6 +50,7 @@ near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8
 far = 1.8
 n_samples = 64
 rays_per_object = 512     # NeRF: query rays per object per step, from one view other than the support view
+points_per_object = 2048  # occupancy: query points per object per step, half of them next to the surface
 batch_size = 32           # global batch, over all processes and accumulation steps
 micro_batch = 0           # per-process forward size (0 = the whole per-process batch)
 lr = 1e-4
@@ -82,7 +83,7 @@ overwrite = False         # start over in an out_dir that holds a checkpoint (it
 max_minutes = 0.0         # wall-clock budget (0 = none); a checkpoint is written on exit
 nonfinite_limit = 20      # stop after this many non-finite steps in a row (each is skipped; no checkpoint of it)
 log_interval = 50
-sample_interval = 250     # sample/reconstruction grids and test PSNR
+sample_interval = 250     # sample/reconstruction grids and a test score (PSNR, IoU)
 ckpt_interval = 250
 device = 'auto'           # auto | cpu | cuda
 compile = False           # torch.compile the model (GPU)
@@ -167,10 +168,9 @@ def preset_value(path, key, value, default):
     return type(default)(value)
 
 
-DATASETS = ('shapes', 'cifar10', 'celeba', 'folder', 'shapes3d', 'srn_cars')
 CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
            'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'device': ('auto', 'cpu', 'cuda')}
-POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'ect_d', 'log_interval',
+POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
 NON_NEGATIVE = ('micro_batch', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full', 'grad_clip',
                 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff', 'max_minutes')
@@ -393,9 +393,9 @@ def main(argv):
                     log_json(cfg['out_dir'], rec)
             if master and (step % cfg['sample_interval'] == 0 or step == cfg['max_iters']):
                 weights = model if step <= cfg['warmup_iters'] else ema
-                p = weights.inr.write_progress(weights, test_set, loss_fn.cfg, cfg['out_dir'])
-                bar.write(f"step {step} test PSNR {p:.2f} dB (grids in {cfg['out_dir']})")
-                log_json(cfg['out_dir'], {'step': step, 'test_psnr': p})
+                name, score = weights.inr.write_progress(weights, test_set, loss_fn.cfg, cfg['out_dir'])
+                bar.write(f"step {step} test {name} {score:.4g} (grids in {cfg['out_dir']})")
+                log_json(cfg['out_dir'], {'step': step, f'test_{name}': score})
             if step % cfg['ckpt_interval'] == 0:
                 checkpoint()
             if stop_now(cfg, t_start, interrupted, ddp, dev):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ['inr', 'nerf', 'model', 'losses', 'data', 'sample', 'fid', 'train', 'bench']
+MODULES = ['inr', 'nerf', 'occupancy', 'model', 'losses', 'data', 'sample', 'fid', 'train', 'bench']
 
 
 def local_imports(module):

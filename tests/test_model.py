@@ -226,12 +226,13 @@ def test_every_inr_answers_the_modality_interface_with_one_signature():
     import inspect
     from inr import ImageINR, PixelINR
     from nerf import NeRFINR
+    from occupancy import OccupancyINR
     names = ['check_dataset', 'train_batch', 'write_progress', 'evaluate_encoding', 'write_samples', 'sample_arrays',
              'reference_split', 'reference_arrays', 'nfe']
     for name in names:
         sigs = {cls.__name__: list(inspect.signature(getattr(cls, name)).parameters)
-                for cls in (ImageINR, PixelINR, NeRFINR)}
+                for cls in (ImageINR, PixelINR, NeRFINR, OccupancyINR)}
         want = sigs['ImageINR']
         assert all(s[:len(want)] == want for s in sigs.values()), (name, sigs)  # extras only after, with defaults
-    for cls in (ImageINR, PixelINR, NeRFINR):
-        assert isinstance(cls.generates_from_data, bool) and isinstance(cls.multi_view, bool)
+    kinds = {cls.data_kind for cls in (ImageINR, NeRFINR, OccupancyINR)}
+    assert kinds == {'images', 'scenes', 'voxels'} and PixelINR.data_kind == 'images'
