@@ -2,11 +2,17 @@
 
     python bench.py --preset tiny                       # CPU, about a minute
     python bench.py --preset paper --resolution 64 --batch 128 --compile    # GPU
+    python bench.py --dataset shapes --workers 0,1,2     # + the data pipeline alone, and the loop on real batches
 
 Training = losses.train_step, the very step train.py runs (grad forward at t, no-grad teacher forward at r,
 backward, grad-norm check and clip, RAdam, EMA), in the consistency phase (stage 1, so the teacher pass runs). FLOP/s are
 counted with torch.utils.flop_counter on one step and divided by the median step time; the machine's
 dense-matmul rate is measured by a square GEMM in the same run, so 'fraction of peak' is one ratio.
+
+With --dataset: the data pipeline train.py runs (data.step_loader: each modality's read_batch, in N worker
+processes) alone, in samples/s for each N of --workers, and the cores one GPU at --target samples/s would need
+for it; then the training step on the loader's batches next to the step on one batch held in memory, in one run
+(`loop_over_model`: 1.0 means the data costs the loop nothing).
 """
 import argparse
 import copy
@@ -18,7 +24,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from inr import make_grid, to_float
+from data import load_dataset, step_loader
+from inr import MODALITY_FOR, make_grid, to_float
 import losses
 from losses import INRCTLoss, LossConfig, encode
 from model import build_model, count_params, pick_device
@@ -82,6 +89,13 @@ def main():
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int, default=0, help='CPU threads (0 = torch default)')
     p.add_argument('--json', default='')
+    p.add_argument('--dataset', default='', help='also time this dataset\'s pipeline and the loop on its batches')
+    p.add_argument('--data_dir', default='')
+    p.add_argument('--cache_dir', default='')
+    p.add_argument('--workers', default='0,2', help='--dataset: worker counts to time the pipeline with')
+    p.add_argument('--loop_workers', type=int, default=0, help='--dataset: workers of the loop timing')
+    p.add_argument('--data_steps', type=int, default=20, help='--dataset: steps per pipeline timing')
+    p.add_argument('--target', type=float, default=1500.0, help='--dataset: samples/s one GPU should train at')
     a = p.parse_args()
     dev = pick_device(a.device)
     if a.threads:
@@ -92,7 +106,10 @@ def main():
     autocast = torch.autocast('cuda', dtype=torch.bfloat16) if dev.type == 'cuda' else torch.autocast('cpu', enabled=False)
 
     torch.manual_seed(0)
-    model = build_model(a.preset, a.resolution, a.patch, float(a.resolution)).to(dev)
+    data = load_dataset(a.dataset, 'train', a.resolution, a.data_dir, cache_dir=a.cache_dir) if a.dataset else None
+    modality = MODALITY_FOR[getattr(data, 'data_kind', 'images')]
+    model = build_model(a.preset, a.resolution, a.patch, float(a.resolution), modality=modality,
+                        n_samples=32).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     net = torch.compile(model) if a.compile else model
     opt = torch.optim.RAdam(model.parameters(), lr=1e-4)
@@ -101,17 +118,40 @@ def main():
     R, B = a.resolution, a.batch
     images = RandomImages(B, R)
     x = to_float(images.get(range(B))).to(dev)
+    step_cfg = {'seed': 0, 'batch_size': B, 'num_workers': a.loop_workers, 'rays_per_object': 512, 'n_samples': 32,
+                'points_per_object': 1024, 'warmup_iters': 0, 'lr': 1e-4, 'lr_full': 0.0, 'grad_clip': 1.0,
+                'ema_decay': 0.9999, 'teacher_ema': 0.0}
     grid = make_grid(R, R, dev)
     g = torch.Generator(device=dev).manual_seed(0)
     g_cpu = torch.Generator().manual_seed(1)
 
-    step_cfg = {'warmup_iters': 0, 'lr': 1e-4, 'lr_full': 0.0, 'grad_clip': 1.0, 'ema_decay': 0.9999, 'teacher_ema': 0.0}
 
-    def micro_batch(m):  # the batch train.py builds, from images already in memory
-        return model.inr.train_batch(images, list(range(B)), {}, g, g_cpu, dev), g
+    source = data or images
+    fixed = model.inr.read_batch(source, list(range(B)), step_cfg, g_cpu)
+
+    def micro_batch(m):  # the batch train.py builds, read once and held in memory: the model alone
+        return model.inr.train_batch(fixed, step_cfg, g, dev), g
 
     def train_step():  # train.py's step: loss + backward, grad-norm check and clip, RAdam, EMA
         losses.train_step(net, model, ema, None, opt, loss_fn, micro_batch, 1, 1, step_cfg, autocast)
+
+    out_data = {}
+    if data is not None:
+        for w in [int(v) for v in a.workers.split(',')]:  # the pipeline alone: read_batch in w processes
+            loader = step_loader(model.inr, data, {**step_cfg, 'num_workers': w, 'max_iters': a.data_steps + 2},
+                                 [0], B, 0, dev.type == 'cuda')
+            next(loader), next(loader)  # workers started, queues filling
+            t0 = time.perf_counter()
+            n = sum(1 for _ in loader)
+            out_data[f'data_samples_per_s_{w}_workers'] = n * B / (time.perf_counter() - t0)
+        per_process = out_data[f"data_samples_per_s_{a.workers.split(',')[0]}_workers"]
+        out_data['data_cores_for_target'] = a.target / per_process
+        loader = step_loader(model.inr, data, {**step_cfg, 'max_iters': 10 ** 6}, [0], B, 0, dev.type == 'cuda')
+
+        def loop_step():  # train.py's loop body: the next batch from the loader, then the step
+            raw = next(loader)[0]
+            losses.train_step(net, model, ema, None, opt, loss_fn, lambda m: (model.inr.train_batch(raw, step_cfg, g,
+                              dev), g), 1, 1, step_cfg, autocast)
 
     def gen(steps):
         with autocast:
@@ -125,11 +165,19 @@ def main():
         torch.cuda.reset_peak_memory_stats(dev)
     t_train = timed(train_step, dev, a.warmup, a.repeats)
     mem_train = peak_memory_mb(dev)
+    if data is not None:  # the same step on the loader's batches, right after, in the same run
+        t_loop = timed(loop_step, dev, a.warmup, a.repeats)
+        out_data.update(loop_step_s=t_loop, loop_over_model=t_train / t_loop)
     flops_train = count_flops(train_step)
     model.eval()
-    t_gen1 = timed(lambda: gen(1), dev, a.warmup, a.repeats)
-    t_gen2 = timed(lambda: gen(2), dev, a.warmup, a.repeats)
-    t_enc = timed(enc, dev, a.warmup, a.repeats)
+    sampling = {}
+    if data is None:  # generation and encoding of images (the model's speed; the data mode times the data)
+        t_gen1 = timed(lambda: gen(1), dev, a.warmup, a.repeats)
+        t_gen2 = timed(lambda: gen(2), dev, a.warmup, a.repeats)
+        t_enc = timed(enc, dev, a.warmup, a.repeats)
+        sampling = {'sample_1step_img_per_s': B / t_gen1, 'sample_1step_latency_s_per_img': t_gen1 / B,
+                    'sample_2step_img_per_s': B / t_gen2, 'sample_2step_latency_s_per_img': t_gen2 / B,
+                    'encode_img_per_s': B / t_enc}
     peak = gemm_flops(dev, torch.bfloat16 if dev.type == 'cuda' else torch.float32)
     out = {
         'device': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'cpu x{torch.get_num_threads()} threads',
@@ -137,9 +185,8 @@ def main():
         'train_img_per_s': B / t_train, 'train_step_s': t_train, 'train_peak_mem_mb': mem_train,
         'train_flops_per_step': flops_train, 'train_achieved_flops': flops_train / t_train,
         'gemm_flops': peak, 'train_fraction_of_gemm': flops_train / t_train / peak,
-        'sample_1step_img_per_s': B / t_gen1, 'sample_1step_latency_s_per_img': t_gen1 / B,
-        'sample_2step_img_per_s': B / t_gen2, 'sample_2step_latency_s_per_img': t_gen2 / B,
-        'encode_img_per_s': B / t_enc, 'peak_mem_mb': peak_memory_mb(dev),
+        **sampling, 'peak_mem_mb': peak_memory_mb(dev),
+        'dataset': a.dataset or 'random images in memory', **out_data,
     }
     for k, v in out.items():
         print(f"{k:32s} {v:.4g}" if isinstance(v, float) else f"{k:32s} {v}")

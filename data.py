@@ -186,10 +186,10 @@ def load_cifar10(data_dir, split):
 
 # --- image folders (CelebA-HQ, anything) ----------------------------------------------------------------
 def list_images(data_dir):
-    return list_files(data_dir, IMAGE_EXTS)
+    return list_files(data_dir, IMAGE_EXTS, 'images')
 
 
-def list_files(data_dir, exts):
+def list_files(data_dir, exts, what='files'):
     """Every file under data_dir (recursively, sorted) whose extension is one of exts."""
     root = Path(data_dir)
     if not root.is_dir():
@@ -197,7 +197,7 @@ def list_files(data_dir, exts):
                                 f"of {'/'.join(exts)} files (searched recursively)")
     files = sorted(p for p in root.rglob('*') if p.suffix.lower() in exts)
     if not files:
-        raise FileNotFoundError(f"no {'/'.join(exts)} files under {root}")
+        raise FileNotFoundError(f"no {'/'.join(exts)} {what} under {root}")
     return files
 
 
@@ -273,6 +273,51 @@ def load_folder(files, resolution, cache_dir=None, desc='images'):
     return out
 
 
+def step_generator(seed, step, slot, device):
+    """The RNG of one micro-batch: a pure function of (seed, step, slot), slot = rank * accum + micro-step,
+    so N processes draw exactly the noise one process draws with N micro-steps."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 4099 + slot)
+
+
+def batch_indices(seed, step, batch, n):
+    """The global batch of dataset indices at this step (shared by every rank)."""
+    g = torch.Generator().manual_seed(seed * 7919 + step)
+    return torch.randint(0, n, (batch,), generator=g)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item `step`: this process's micro-batches of that training step as the modality reads them on the CPU
+    (inr.read_batch). A pure function of (seed, step, slot), so DataLoader workers may run ahead, N processes read
+    exactly the slots one process reads with N micro-steps, and a resumed run reads what the uninterrupted one did."""
+
+    def __init__(self, inr, dataset, cfg, slots, micro):
+        self.inr, self.dataset, self.cfg, self.slots, self.micro = inr, dataset, cfg, slots, micro
+
+    def __len__(self):
+        return self.cfg['max_iters']
+
+    def __getitem__(self, step):
+        cfg = self.cfg
+        idx = batch_indices(cfg['seed'], step, cfg['batch_size'], len(self.dataset))
+        return [self.inr.read_batch(self.dataset, idx[s * self.micro:(s + 1) * self.micro].tolist(), cfg,
+                                    step_generator(cfg['seed'], step, s + 65536, 'cpu')) for s in self.slots]
+
+
+def one_thread(_):
+    torch.set_num_threads(1)  # a worker reads data; the training process keeps the cores' math threads
+
+
+def step_loader(inr, dataset, cfg, slots, micro, start, pin_memory=False):
+    """An iterator over the steps from `start` on, each a list of the slots' CPU micro-batches: cfg['num_workers']
+    processes prepare the next batches while the model trains (0: read in this process, between steps); pinned
+    memory lets the copies to a GPU overlap."""
+    workers = cfg['num_workers']
+    return iter(torch.utils.data.DataLoader(
+        StepBatches(inr, dataset, cfg, slots, micro), batch_size=None, sampler=range(start, cfg['max_iters']),
+        num_workers=workers, pin_memory=pin_memory, worker_init_fn=one_thread if workers else None,
+        prefetch_factor=4 if workers else None, persistent_workers=False))
+
+
 def load_split(cfg, split='test'):
     """The train or test split of the dataset a training config names (train.py's, or a checkpoint's 'config')."""
     return load_dataset(cfg['dataset'], split, cfg['resolution'], cfg['data_dir'], cfg['seed'], cfg['test_fraction'],
@@ -324,7 +369,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
     if name == 'srn_cars':
         return SRNDataset(Path(data_dir) / f'cars_{split}', resolution)
     if name == 'voxels':
-        files = list_files(data_dir, VOXEL_EXTS)
+        files = list_files(data_dir, VOXEL_EXTS, 'grids')
         if len(files) < 2:
             raise ValueError(f"{data_dir} holds {len(files)} .binvox/.npy grid; a train and a test split need at least 2")
         test = hash_split(files, data_dir, test_fraction)

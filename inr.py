@@ -60,10 +60,15 @@ def patchify(images, resolution, p):
     return x.reshape(B, (H // p) * (W // p), C * p * p)
 
 
+MODALITY_FOR = {'images': 'image', 'scenes': 'nerf', 'voxels': 'occupancy'}  # a dataset's data_kind -> --modality
+
+
 class Modality:
     """What train.py, sample.py and fid.py ask of an INR; they call only these methods (model.inr.<name>), so a new
     modality is a new INR class with the same methods (ImageModality below, nerf.NeRFINR):
-      check_dataset, train_batch                    train.py: refuse the wrong data; one micro-batch
+      check_dataset                                 train.py: refuse data of another kind
+      read_batch, train_batch                       one micro-batch: read on the CPU (in a DataLoader worker,
+                                                    so no model or device), then put on the device
       write_progress                                train.py: PNG grids and (score name, test score) during training
       evaluate_encoding, write_samples              sample.py --encode / the default
       sample_arrays, reference_split/_arrays, nfe   fid.py: generated and real uint8 arrays for the metrics
@@ -76,19 +81,38 @@ class Modality:
         """Refuse data of another kind (scenes or voxel grids for an image INR, images for a NeRF, ...)."""
         kind = getattr(dataset, 'data_kind', 'images')
         if kind != self.data_kind:
-            modality = {'images': 'image', 'scenes': 'nerf', 'voxels': 'occupancy'}.get(kind, '?')
             raise ValueError(f"--dataset {name} holds {kind}, but this model's INR draws {self.data_kind}; set "
-                             f"--modality {modality} (its configs set it: configs/<dataset>.py)")
+                             f"--modality {MODALITY_FOR.get(kind, '?')} (its configs set it: configs/<dataset>.py)")
+
+
+    def batch(self, dataset, indices, cfg, generator, cpu_generator, device):
+        """read_batch then train_batch, in one process (tests, tools)."""
+        return self.train_batch(self.read_batch(dataset, indices, cfg, cpu_generator), cfg, generator, device)
+
+
+def to_device(obj, device):
+    """Tensors, also inside dicts and lists, moved to device (non_blocking: from pinned memory the copy overlaps)."""
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
 
 
 class ImageModality(Modality):
     """The image INRs' answers (ImageINR, PixelINR): a batch is images on the pixel grid, generation starts from
     T z on that grid, metrics score images."""
 
-    def train_batch(self, dataset, indices, cfg, generator, cpu_generator, device):
-        """One micro-batch: the images are both the observation and the target, noised with the same z (Eq. 13);
-        queries are the pixel grid with ANR's variational jitter. cpu_generator is for CPU-side draws (unused)."""
-        x = to_float(dataset.get(indices)).to(device)
+    def read_batch(self, dataset, indices, cfg, cpu_generator):
+        """The images of one micro-batch, uint8 (B, H, W, 3) on the CPU (cpu_generator: for random draws; unused)."""
+        return {'images': dataset.get(indices)}
+
+    def train_batch(self, raw, cfg, generator, device):
+        """The images are both the observation and the target, noised with the same z (Eq. 13); queries are the
+        pixel grid with ANR's variational jitter, drawn from the step's generator on the device."""
+        x = to_float(raw['images'].to(device, non_blocking=True))
         grid = make_grid(self.resolution, self.resolution, device)
         return {'support': x, 'target': x, 'query': jitter_grid(grid.expand(len(x), *grid.shape), generator),
                 'shared_noise': True}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from inr import Modality, psnr, save_grid, to_float, to_uint8
+from inr import Modality, psnr, save_grid, to_device, to_float, to_uint8
 from losses import T_MID, consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
 
 
@@ -174,11 +174,13 @@ class NeRFINR(Modality, nn.Module):
     data_kind = 'scenes'
     generates_from_data = True  # the support camera and the poses to render come from the dataset
 
-    def train_batch(self, dataset, indices, cfg, generator, cpu_generator, device):
-        """One support view and cfg['rays_per_object'] rays of another view per scene; the target rays get their
-        own noise (they are not the view the network reads). Views and rays are drawn on the CPU."""
-        return {**nerf_batch(dataset, indices, cfg['rays_per_object'], cfg['n_samples'], cpu_generator, device),
-                'shared_noise': False}
+    def read_batch(self, dataset, indices, cfg, cpu_generator):
+        """One support view and cfg['rays_per_object'] rays of another view per scene, drawn on the CPU."""
+        return nerf_batch(dataset, indices, cfg['rays_per_object'], cfg['n_samples'], cpu_generator, 'cpu')
+
+    def train_batch(self, raw, cfg, generator, device):
+        """The target rays get their own noise: they are not the view the network reads."""
+        return {**to_device(raw, device), 'shared_noise': False}
 
     @torch.no_grad()
     def generate_rays(self, model, seeds, lcfg, support_rays, rays, steps=1):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from inr import Modality, localised_attention, positional_encoding, save_grid
+from inr import Modality, localised_attention, positional_encoding, save_grid, to_device
 from losses import T_MID, consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
 from nerf import get_rays, look_at
 
@@ -91,10 +91,10 @@ class OccupancyINR(Modality, nn.Module):
     # --- what the pipeline asks of a modality (inr.Modality) ------------------------------------------------
     data_kind = 'voxels'
 
-    def train_batch(self, dataset, indices, cfg, generator, cpu_generator, device):
+    def read_batch(self, dataset, indices, cfg, cpu_generator):
         """The voxel grids are the observation; the target is cfg['points_per_object'] voxel centres per object,
         half drawn uniformly and half from voxels next to the surface (so thin parts are learned), with their
-        values. The target gets its own noise (shared_noise False): it is a subset, not the grid the network reads."""
+        values; all on the CPU."""
         x = to_float_voxels(dataset.get(indices))                                  # (B, 1, D, D, D) on the CPU
         B, D, P = x.shape[0], x.shape[-1], cfg['points_per_object']
         inside = (x > 0).float()
@@ -103,8 +103,11 @@ class OccupancyINR(Modality, nn.Module):
         idx = torch.multinomial(weights, P, replacement=True, generator=cpu_generator)  # (B, P)
         coords = make_grid3(D).reshape(-1, 3)[idx]                                  # (B, P, 3)
         target = x.flatten(1).gather(1, idx)[..., None]                             # (B, P, 1)
-        return {'support': x.to(device), 'target': target.to(device), 'query': coords.to(device),
-                'shared_noise': False}
+        return {'support': x, 'target': target, 'query': coords}
+
+    def train_batch(self, raw, cfg, generator, device):
+        """The target gets its own noise (shared_noise False): it is a subset, not the grid the network reads."""
+        return {**to_device(raw, device), 'shared_noise': False}
 
     @torch.no_grad()
     def generate(self, model, seeds, steps, lcfg, resolution=None, chunk=16384):

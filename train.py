@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import DATASETS, load_split
+from data import DATASETS, load_split, step_generator, step_loader
 from losses import INRCTLoss, LossConfig, train_step
 from model import MODALITIES, INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
 
@@ -50,6 +50,7 @@ near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8
 far = 1.8
 n_samples = 64
 rays_per_object = 512     # NeRF: query rays per object per step, from one view other than the support view
+num_workers = 2           # processes that read and decode the next batches while the model trains (0: between steps)
 points_per_object = 2048  # occupancy: query points per object per step, half of them next to the surface
 batch_size = 32           # global batch, over all processes and accumulation steps
 micro_batch = 0           # per-process forward size (0 = the whole per-process batch)
@@ -172,7 +173,7 @@ CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels')
            'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('micro_batch', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full', 'grad_clip',
+NON_NEGATIVE = ('micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full', 'grad_clip',
                 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff', 'max_minutes')
 POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
 UNIT_INTERVAL = ('ema_decay', 'teacher_ema', 'dropout')  # [0, 1)
@@ -213,18 +214,6 @@ def loss_config(cfg):
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
                       P_mean=cfg['p_mean'], P_std=cfg['p_std'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
-
-
-def step_generator(seed, step, slot, device):
-    """The RNG of one micro-batch: a pure function of (seed, step, slot), slot = rank * accum + micro-step,
-    so N processes draw exactly the noise one process draws with N micro-steps."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 4099 + slot)
-
-
-def batch_indices(seed, step, batch, n):
-    """The global batch of dataset indices at this step (shared by every rank)."""
-    g = torch.Generator().manual_seed(seed * 7919 + step)
-    return torch.randint(0, n, (batch,), generator=g)
 
 
 def model_args(cfg):
@@ -348,18 +337,17 @@ def main(argv):
     sums, n_sums = {}, 0
     bad_streak, skipped = 0, 0
     bar = tqdm(total=cfg['max_iters'], initial=step, disable=not master, desc='train', dynamic_ncols=True)
+    batches = step_loader(model.inr, train_set, cfg, range(rank * accum, (rank + 1) * accum), micro, step, use_cuda)
     try:
         while step < cfg['max_iters']:
             warm = step < cfg['warmup_iters']
-            idx = batch_indices(cfg['seed'], step, cfg['batch_size'], len(train_set))
+            raws = next(batches)  # this step's micro-batches, read on the CPU (by workers when num_workers > 0)
 
             def micro_batch(m):  # the batch and RNG of micro-step m of this rank (seeded by step and slot)
                 slot = rank * accum + m
-                part = idx[slot * micro:(slot + 1) * micro].tolist()
                 g = step_generator(cfg['seed'], step, slot, dev)
                 torch.manual_seed(cfg['seed'] * 1_000_003 + step * 4099 + slot)  # dropout masks
-                g_cpu = step_generator(cfg['seed'], step, slot + 65536, 'cpu')  # CPU-side draws (NeRF rays)
-                return model.inr.train_batch(train_set, part, cfg, g, g_cpu, dev), g
+                return model.inr.train_batch(raws[m], cfg, g, dev), g
 
             finite, parts, lr = train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg,
                                            autocast, ddp)

@@ -8,6 +8,7 @@ patch = 8
 batch_size = 128
 rays_per_object = 1024
 n_samples = 64
+num_workers = 12         # PNG views decoded by worker processes: one GPU at 1,500 objects/s needs several cores
 near = 0.8
 far = 1.8
 sigma_data = 1.0         # a NeRF renders in [-1, 1]: c_out(80) must be ~1, not 0.5, or generated objects

@@ -227,7 +227,7 @@ def test_every_inr_answers_the_modality_interface_with_one_signature():
     from inr import ImageINR, PixelINR
     from nerf import NeRFINR
     from occupancy import OccupancyINR
-    names = ['check_dataset', 'train_batch', 'write_progress', 'evaluate_encoding', 'write_samples', 'sample_arrays',
+    names = ['check_dataset', 'read_batch', 'train_batch', 'write_progress', 'evaluate_encoding', 'write_samples', 'sample_arrays',
              'reference_split', 'reference_arrays', 'nfe']
     for name in names:
         sigs = {cls.__name__: list(inspect.signature(getattr(cls, name)).parameters)

@@ -142,7 +142,7 @@ def test_gradients_reach_every_parameter_and_noise_is_not_shared():
     for block in model.hyper.encoder:  # adaLN-Zero gates are 0 at init and block gradients to attention/FF
         torch.nn.init.normal_(block.ada[-1].weight, std=0.02)
     ds = VoxelDataset(np.stack([voxelize_solids(0, i, 16) for i in range(3)]))
-    batch = model.inr.train_batch(ds, [0, 1, 2], {'points_per_object': 200}, torch.Generator().manual_seed(0),
+    batch = model.inr.batch(ds, [0, 1, 2], {'points_per_object': 200}, torch.Generator().manual_seed(0),
                                   torch.Generator().manual_seed(1), 'cpu')
     assert batch['target'].shape == (3, 200, 1) and batch['query'].shape == (3, 200, 3) and not batch['shared_noise']
     near = ((batch['target'] > -1) & (batch['target'] < 1)).float().mean()  # partly filled voxels: the surface
@@ -163,7 +163,7 @@ def test_tiny_model_overfits_one_shape():
     g, g_cpu = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     x = to_float_voxels(ds.get([0]))
     for step in range(400):
-        loss, _ = loss_fn(model, model.inr.train_batch(ds, [0], {'points_per_object': 1024}, g, g_cpu, 'cpu'), step, g)
+        loss, _ = loss_fn(model, model.inr.batch(ds, [0], {'points_per_object': 1024}, g, g_cpu, 'cpu'), step, g)
         opt.zero_grad()
         loss.backward()
         opt.step()
