@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (about 7 minutes on one H200: an estimate until it has run on one): the CUDA
 # tests, bench.py's figures for the paper preset (bf16 autocast; batch 32 and 128; eager, then torch.compile),
+# whether the data path or the model bounds training (bench.py --dataset),
 # a few hundred training steps of the paper preset under torchrun (NCCL, bf16), and 1-step sampling of 1,000
 # images from that run.
 #
@@ -36,6 +37,13 @@ check() { "$@" || { echo "FAILED ($?): $*"; failed=1; }; }   # a failed check do
     for b in $BATCHES; do
         check python bench.py --preset "$PRESET" --batch "$b" --device "$DEVICE" --json "$OUT/bench_b$b.json"
     done
+
+    echo "== data-bound or model-bound: the shapes pipeline with 0 and 4 workers next to the step on its batches"
+    check python bench.py --preset "$PRESET" --batch "$B" --device "$DEVICE" --dataset shapes --workers 0,4 \
+        --loop_workers 4 --data_steps 10 --json "$OUT/bench_data_b$B.json"
+    check python -c "import json; d = json.load(open('$OUT/bench_data_b$B.json')); m = d['train_img_per_s']; \
+w = d['data_samples_per_s_4_workers']; print(f'model {m:.0f} img/s, data with 4 workers {w:.0f} img/s: ' + \
+('data-bound' if w < m else 'model-bound') + f', loop at {d[\"loop_over_model\"]:.2f} of the model-only step')"
 
     echo "== train.py, $PRESET preset on shapes 32^2, $STEPS steps at batch $B, torchrun"
     gpus=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
