@@ -382,7 +382,7 @@ def main(argv):
             if master and (step % cfg['sample_interval'] == 0 or step == cfg['max_iters']):
                 weights = model if step <= cfg['warmup_iters'] else ema
                 name, score = weights.inr.write_progress(weights, test_set, loss_fn.cfg, cfg['out_dir'])
-                bar.write(f"step {step} test {name} {score:.4g} (grids in {cfg['out_dir']})")
+                bar.write(f"step {step} test {name} {score:.4f} (grids in {cfg['out_dir']})")
                 log_json(cfg['out_dir'], {'step': step, f'test_{name}': score})
             if step % cfg['ckpt_interval'] == 0:
                 checkpoint()
