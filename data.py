@@ -112,7 +112,7 @@ class ShapesDataset:
 
 
 class ArrayDataset:
-    """A dataset held in memory as a uint8 array (N, H, W, 3)."""
+    """A dataset held in memory as a uint8 array (N, H, W, 3), or (N, D, D, D) for voxel grids."""
 
     def __init__(self, array):
         self.array = array
@@ -123,7 +123,7 @@ class ArrayDataset:
 
     def get(self, indices, resolution=None):
         if resolution not in (None, self.resolution):
-            raise ValueError(f"this dataset is stored at {self.resolution}^2; it has no {resolution}^2 version")
+            raise ValueError(f"this dataset is stored at {self.resolution} per side; it has no {resolution} version")
         return torch.from_numpy(self.array[np.asarray(indices)])
 
 
@@ -613,21 +613,9 @@ def voxelize(solids, resolution):
     return np.round(occ * 255).astype(np.uint8)
 
 
-class VoxelDataset:
+class VoxelDataset(ArrayDataset):
     """Occupancy grids held in memory as uint8 (N, D, D, D), 255 = occupied."""
     data_kind = 'voxels'
-
-    def __init__(self, array):
-        self.array = array
-        self.resolution = array.shape[1]
-
-    def __len__(self):
-        return len(self.array)
-
-    def get(self, indices, resolution=None):
-        if resolution not in (None, self.resolution):
-            raise ValueError(f"this dataset is stored at {self.resolution}^3; it has no {resolution}^3 version")
-        return torch.from_numpy(self.array[np.asarray(list(indices))])
 
 
 class ShapesOccDataset(VoxelDataset):

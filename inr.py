@@ -256,41 +256,50 @@ def keeping_beta(model, chunk=None):
     return net
 
 
-class ImageINR(ImageModality, nn.Module):
-    """ANR image INR: shared weights; per-instance INR tokens beta (B, K, width) select what is drawn."""
+class AttentionINR(nn.Module):
+    """ANR's function of coordinates, in any dimension: positional encoding -> Localised Attention Layer over the
+    instance's INR tokens beta (B, K, width) -> ReLU MLP -> out_dim values. Only beta is per instance."""
 
-    def __init__(self, width=512, depth=5, heads=8, tokens=256, pe_sigma=32.0, resolution=32, patch=4):
+    def __init__(self, width, depth, heads, tokens, pe_sigma, coord_dims, out_dim):
         super().__init__()
-        assert width % 4 == 0 and width % heads == 0, f"INR width {width} must divide by 4 and by heads={heads}"
+        assert width % heads == 0, f"INR width {width} must divide by heads={heads}"
         self.width, self.heads, self.pe_sigma = width, heads, pe_sigma
-        self.resolution, self.patch = resolution, patch
+        self.num_freqs = max(1, width // (2 * coord_dims))  # images: width / 4, so the encoding is width wide
         self.tau = 0.384 / tokens
-        self.to_q = nn.Linear(width, width, bias=False)
+        self.to_q = nn.Linear(2 * coord_dims * self.num_freqs, width, bias=False)
         self.to_k = nn.Linear(width, width, bias=False)
         self.to_v = nn.Linear(width, width, bias=False)
         self.to_out = nn.Linear(width, width)
         layers = []
         for _ in range(depth - 1):
             layers += [nn.Linear(width, width), nn.ReLU()]
-        self.mlp = nn.Sequential(*layers, nn.Linear(width, 3))
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, out_dim))
 
-    # --- observations -> tokens for the hyper-network -------------------------------------------
-    def tokenize(self, images, query=None):
-        return patchify(images, self.resolution, self.patch)
-
-    # --- the INR function M_beta -----------------------------------------------------------------
     def heads_split(self, x):  # (B, N, width) -> (B, h, N, d)
         B, N, _ = x.shape
         return x.view(B, N, self.heads, -1).transpose(1, 2)
 
     def forward(self, beta, coords):
-        """M_beta at coords (B or 1, P, 2) -> RGB (B, P, 3)."""
+        """M_beta at coords (B or 1, P, coord_dims) -> (B, P, out_dim)."""
         B, P = beta.shape[0], coords.shape[1]
-        pe = positional_encoding(coords, self.width // 4, self.pe_sigma)             # (B|1, P, width)
+        pe = positional_encoding(coords, self.num_freqs, self.pe_sigma)              # (B|1, P, 2 dims freqs)
         q = self.heads_split(self.to_q(pe).expand(B, P, self.width))
         k, v = self.heads_split(self.to_k(beta)), self.heads_split(self.to_v(beta))
         h = localised_attention(q, k, v, self.tau).transpose(1, 2).reshape(B, P, self.width)
         return self.mlp(self.to_out(h))
+
+
+class ImageINR(ImageModality, AttentionINR):
+    """ANR image INR: M_beta(y, x) -> RGB; shared weights, per-instance INR tokens beta (B, K, width)."""
+
+    def __init__(self, width=512, depth=5, heads=8, tokens=256, pe_sigma=32.0, resolution=32, patch=4):
+        assert width % 4 == 0, f"INR width {width} must divide by 4"
+        AttentionINR.__init__(self, width, depth, heads, tokens, pe_sigma, coord_dims=2, out_dim=3)
+        self.resolution, self.patch = resolution, patch
+
+    # --- observations -> tokens for the hyper-network -------------------------------------------
+    def tokenize(self, images, query=None):
+        return patchify(images, self.resolution, self.patch)
 
     def render(self, beta, coords, chunk=None):
         """Render beta at a coordinate grid (H, W, 2) or (B, H, W, 2) -> images (B, 3, H, W).

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from inr import Modality, localised_attention, positional_encoding, save_grid, to_device
+from inr import AttentionINR, Modality, save_grid, to_device
 from losses import T_MID, consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
 from nerf import get_rays, look_at
 
@@ -45,39 +45,15 @@ def patchify3(volumes, resolution, p):
     return x.reshape(B, g ** 3, p ** 3)
 
 
-class OccupancyINR(Modality, nn.Module):
-    """ANR in 3D: shared weights; per-instance INR tokens beta (B, K, width) select which solid is drawn."""
+class OccupancyINR(Modality, AttentionINR):
+    """ANR in 3D: M_beta(x, y, z) -> occupancy; shared weights, per-instance INR tokens beta (B, K, width)."""
 
     def __init__(self, width=512, depth=5, heads=8, tokens=256, pe_sigma=16.0, resolution=32, patch=8):
-        super().__init__()
-        assert width % heads == 0, f"INR width {width} must divide by heads={heads}"
-        self.width, self.heads, self.pe_sigma = width, heads, pe_sigma
+        AttentionINR.__init__(self, width, depth, heads, tokens, pe_sigma, coord_dims=3, out_dim=1)
         self.resolution, self.patch = resolution, patch
-        self.num_freqs = max(1, width // 6)
-        self.tau = 0.384 / tokens
-        self.to_q = nn.Linear(6 * self.num_freqs, width, bias=False)
-        self.to_k = nn.Linear(width, width, bias=False)
-        self.to_v = nn.Linear(width, width, bias=False)
-        self.to_out = nn.Linear(width, width)
-        layers = []
-        for _ in range(depth - 1):
-            layers += [nn.Linear(width, width), nn.ReLU()]
-        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
 
     def tokenize(self, volumes, query=None):
         return patchify3(volumes, self.resolution, self.patch)
-
-    def heads_split(self, x):  # (B, N, width) -> (B, h, N, d)
-        B, N, _ = x.shape
-        return x.view(B, N, self.heads, -1).transpose(1, 2)
-
-    def forward(self, beta, coords):
-        """M_beta at coords (B or 1, P, 3) -> occupancy (B, P, 1) in [-1, 1]."""
-        B, P = beta.shape[0], coords.shape[1]
-        q = self.heads_split(self.to_q(positional_encoding(coords, self.num_freqs, self.pe_sigma)).expand(B, P, -1))
-        k, v = self.heads_split(self.to_k(beta)), self.heads_split(self.to_v(beta))
-        h = localised_attention(q, k, v, self.tau).transpose(1, 2).reshape(B, P, self.width)
-        return self.mlp(self.to_out(h))
 
     def render(self, beta, query, chunk=None):
         """beta at points (B|1, P, 3) -> (B, P, 1), or at a grid (D, D, D, 3) / (B, D, D, D, 3) -> (B, 1, D, D, D).
