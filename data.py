@@ -258,19 +258,27 @@ def hash_split(files, root, test_fraction):
     return test
 
 
-def load_folder(files, resolution, cache_dir=None, desc='images'):
-    """Load files into (N, R, R, 3) uint8, once: a .npy cache keyed by the files (name, size, mtime) and resolution."""
-    key = files_fingerprint('/', files)
-    cache = Path(cache_dir) / f'{desc}_{resolution}_{key}.npy' if cache_dir else None
-    if cache is not None and cache.is_file():
-        return np.load(cache)
-    out = np.stack([load_image(f, resolution) for f in tqdm(files, desc=f'loading {desc}', leave=False)])
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix('.tmp.npy')
+def cached_array(path, build):
+    """build() once: np.load(path) when the cache exists, else build, then write it atomically (a killed conversion
+    never leaves a truncated cache; another process's tmp never clashes). path None: build, no cache."""
+    if path is not None and path.is_file():
+        return np.load(path)
+    out = build()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f'.tmp{os.getpid()}.npy')
         np.save(tmp, out)
-        os.replace(tmp, cache)  # atomic: a killed conversion never leaves a truncated cache
+        os.replace(tmp, path)
     return out
+
+
+def load_folder(files, resolution, cache_dir=None, desc='images', read=None):
+    """Load files into uint8 (N, R, R, 3) (or with read, e.g. read_voxels, (N, R, R, R)) once: a .npy cache keyed
+    by the files (name, size, mtime) and resolution."""
+    read = read or load_image
+    cache = Path(cache_dir) / f'{desc}_{resolution}_{files_fingerprint("/", files)}.npy' if cache_dir else None
+    return cached_array(cache, lambda: np.stack([read(f, resolution)
+                                                 for f in tqdm(files, desc=f'loading {desc}', leave=False)]))
 
 
 def step_generator(seed, step, slot, device):
@@ -374,7 +382,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
             raise ValueError(f"{data_dir} holds {len(files)} .binvox/.npy grid; a train and a test split need at least 2")
         test = hash_split(files, data_dir, test_fraction)
         files = [f for f, is_test in zip(files, test) if is_test == (split == 'test')]
-        return VoxelDataset(load_voxels(files, resolution, cache_root(cache_dir), f'voxels_{split}'))
+        return VoxelDataset(load_folder(files, resolution, cache_root(cache_dir), f'voxels_{split}', read_voxels))
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -627,15 +635,8 @@ class ShapesOccDataset(VoxelDataset):
         self.seed = seed
         self.offset, n = (0, n_train) if split == 'train' else (n_train, n_test)
         path = cache_root(cache_dir) / f'shapes_occ_v1_{resolution}_s{seed}_{split}_{n}.npy'
-        if path.is_file():
-            array = np.load(path)
-        else:
-            array = np.stack([voxelize_solids(seed, self.offset + i, resolution)
-                              for i in tqdm(range(n), desc=f'voxelising shapes_occ {split}')])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f'.tmp{os.getpid()}.npy')
-            np.save(tmp, array)
-            os.replace(tmp, path)  # atomic: a killed run never leaves a truncated cache
+        array = cached_array(path, lambda: np.stack([voxelize_solids(seed, self.offset + i, resolution)
+                                                     for i in tqdm(range(n), desc=f'voxelising shapes_occ {split}')]))
         super().__init__(array)
 
     def get(self, indices, resolution=None):
@@ -714,20 +715,6 @@ def read_voxels(path, resolution):
         raise ValueError(f"{path}: a {D}^3 grid cannot be resampled to --resolution {resolution}; use a resolution "
                          f"that divides {D} or that {D} divides")
     return np.round(grid * 255).astype(np.uint8)
-
-
-def load_voxels(files, resolution, cache_dir=None, desc='voxels'):
-    """Read files into uint8 (N, R, R, R) once: a .npy cache keyed by the files (name, size, mtime) and R."""
-    cache = Path(cache_dir) / f'{desc}_{resolution}_{files_fingerprint("/", files)}.npy' if cache_dir else None
-    if cache is not None and cache.is_file():
-        return np.load(cache)
-    out = np.stack([read_voxels(f, resolution) for f in tqdm(files, desc=f'loading {desc}', leave=False)])
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f'.tmp{os.getpid()}.npy')
-        np.save(tmp, out)
-        os.replace(tmp, cache)
-    return out
 
 
 def cache_root(cache_dir=''):
