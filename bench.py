@@ -112,7 +112,7 @@ def main():
                         n_samples=32).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     net = torch.compile(model) if a.compile else model
-    opt = torch.optim.RAdam(model.parameters(), lr=1e-4)
+    opt = losses.RAdam(model.parameters(), lr=1e-4)
     lcfg = LossConfig(d=1, warmup_iters=0)  # stage >= 1: every step runs the teacher pass
     loss_fn = INRCTLoss(lcfg)
     R, B = a.resolution, a.batch

@@ -1,6 +1,6 @@
 """Datasets: every image dataset is a `get(indices) -> uint8 (B, H, W, 3)` over a fixed train/test split.
 
-shapes   the embedded default: procedural images, drawn on demand from (seed, index); no files.
+shapes   the embedded default: procedural images drawn from (seed, index), rendered once into the cache; no files.
 cifar10  the python pickle batches (cifar-10-batches-py/data_batch_1..5, test_batch), 50k/10k, 32^2.
 celeba   CelebA-HQ from an image folder, sorted, first 27,000 train / last 3,000 test, cached as .npy.
 folder   any directory tree of png/jpg images, centre-cropped and resized; a file is in the test split when a hash
@@ -70,6 +70,15 @@ def shape_mask(s, y, x):
     return inside
 
 
+SHAPE_EXTENT = 1.2  # every primitive lies within this many sizes of its centre (a square's corner: 0.8 * sqrt 2)
+
+
+def shape_box(centre, radius, n):
+    """[lo, hi) of the n fine samples (centres at (2i + 1) / n - 1) that may lie within radius of centre, with a margin."""
+    lo = int(np.floor((centre - radius + 1) * n / 2 - 1))
+    return max(0, lo), min(n, int(np.ceil((centre + radius + 1) * n / 2 + 1)))
+
+
 def render_shapes(seed, index, resolution, blobs=False):
     """One shapes image, box-filtered over each pixel with FINE/resolution sub-samples per axis -> uint8 (R, R, 3).
 
@@ -80,35 +89,51 @@ def render_shapes(seed, index, resolution, blobs=False):
     coord = (np.arange(n) * 2 + 1) / n - 1
     y, x = np.meshgrid(coord, coord, indexing='ij')
     bg, angle, shapes = shape_params(seed, index)
-    g = (0.5 + 0.35 * (np.cos(angle) * x + np.sin(angle) * y))[..., None]
-    img = bg[0] * (1 - g) + bg[1] * g
+    g = 0.5 + 0.35 * (np.cos(angle) * x + np.sin(angle) * y)
+    img = bg[0][:, None, None] * (1 - g) + bg[1][:, None, None] * g  # channels first: numpy is slow on a last axis of 3
     for s in shapes:
+        colour = s['colour'][:, None, None]
         if blobs:
-            a = np.exp(-((y - s['centre'][0]) ** 2 + (x - s['centre'][1]) ** 2) / (0.6 * s['size']) ** 2)[..., None]
-            img = a * s['colour'] + (1 - a) * img
+            a = np.exp(-((y - s['centre'][0]) ** 2 + (x - s['centre'][1]) ** 2) / (0.6 * s['size']) ** 2)
+            img = a * colour + (1 - a) * img
             continue
-        m = shape_mask(s, y, x)[..., None]
-        img = np.where(m, s['colour'], img)
-    img = img.reshape(resolution, ss, resolution, ss, 3).mean(axis=(1, 3))
+        box = tuple(slice(*shape_box(c, SHAPE_EXTENT * s['size'], n)) for c in s['centre'])  # the rest is outside
+        img[(slice(None),) + box] = np.where(shape_mask(s, y[box], x[box]), colour, img[(slice(None),) + box])
+    img = img.reshape(3, resolution, ss, resolution, ss).mean(axis=(2, 4)).transpose(1, 2, 0)
     return np.round(img * 255).clip(0, 255).astype(np.uint8)
 
 
+SHAPES_VERSION = 'v1'  # part of the cache name: bump it whenever shape_params or render_shapes changes
+
+
 class ShapesDataset:
-    """Procedural images: train = indices [0, n_train), test = [n_train, n_train + n_test) of one seed."""
+    """Procedural images: train = indices [0, n_train), test = [n_train, n_train + n_test) of one seed.
+
+    cache_dir: the split is rendered once at its resolution into a uint8 .npy there (tqdm bar) and read memory-mapped
+    (DataLoader workers and DDP ranks share the pages); other resolutions are rendered on demand. None: no cache."""
     any_resolution = True   # get(indices, resolution) renders the same images at any size (encoding at 2x, 4x)
     reference_size = 10000  # images in an FID reference: the train split is endless in principle
 
-    def __init__(self, split='train', resolution=32, seed=0, n_train=50000, n_test=500):
+    def __init__(self, split='train', resolution=32, seed=0, n_train=50000, n_test=500, cache_dir=None):
         self.resolution, self.seed = resolution, seed
         self.offset, self.n = (0, n_train) if split == 'train' else (n_train, n_test)
+        self.array = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f'shapes_{SHAPES_VERSION}_s{seed}_{resolution}_{self.offset}_{self.n}.npy'
+            self.array = cached_array(path, lambda: self.render(tqdm(range(self.n), desc=f'rendering shapes {split}',
+                                                                     leave=False), resolution), mmap=True)
 
     def __len__(self):
         return self.n
 
+    def render(self, indices, resolution):
+        return np.stack([render_shapes(self.seed, self.offset + int(i), resolution) for i in indices])
+
     def get(self, indices, resolution=None):
         res = resolution or self.resolution
-        imgs = [render_shapes(self.seed, self.offset + int(i), res) for i in indices]
-        return torch.from_numpy(np.stack(imgs))
+        if self.array is not None and res == self.resolution:
+            return torch.from_numpy(self.array[np.asarray(indices, dtype=np.int64)])
+        return torch.from_numpy(self.render(indices, res))
 
 
 class ArrayDataset:
@@ -258,17 +283,20 @@ def hash_split(files, root, test_fraction):
     return test
 
 
-def cached_array(path, build):
+def cached_array(path, build, mmap=False):
     """build() once: np.load(path) when the cache exists, else build, then write it atomically (a killed conversion
-    never leaves a truncated cache; another process's tmp never clashes). path None: build, no cache."""
+    never leaves a truncated cache; another process's tmp never clashes). path None: build, no cache.
+    mmap: return the file memory-mapped read-only (processes reading it share one copy in the page cache)."""
     if path is not None and path.is_file():
-        return np.load(path)
+        return np.load(path, mmap_mode='r' if mmap else None, allow_pickle=False)
     out = build()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f'.tmp{os.getpid()}.npy')
         np.save(tmp, out)
         os.replace(tmp, path)
+        if mmap:
+            return np.load(path, mmap_mode='r', allow_pickle=False)
     return out
 
 
@@ -337,7 +365,7 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
     if split not in ('train', 'test'):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if name == 'shapes':
-        return ShapesDataset(split, resolution, seed)
+        return ShapesDataset(split, resolution, seed, cache_dir=cache_root(cache_dir))
     if name == 'shapes_occ':
         return ShapesOccDataset(split, resolution, seed, cache_dir=cache_dir)
     if not data_dir and name != 'shapes3d':
@@ -373,9 +401,9 @@ def load_dataset(name, split, resolution, data_dir='', seed=0, test_fraction=0.1
                 os.replace(tmp, cache / split)
             except OSError:  # another process (a DDP rank) finished the same deterministic set first
                 shutil.rmtree(tmp)
-        return SRNDataset(cache / split, resolution)
+        return SRNDataset(cache / split, resolution, cache_root(cache_dir))
     if name == 'srn_cars':
-        return SRNDataset(Path(data_dir) / f'cars_{split}', resolution)
+        return SRNDataset(Path(data_dir) / f'cars_{split}', resolution, cache_root(cache_dir))
     if name == 'voxels':
         files = list_files(data_dir, VOXEL_EXTS, 'grids')
         if len(files) < 2:
@@ -413,14 +441,15 @@ def read_srn_intrinsics(path):
 
 class SRNDataset:
     """SRN layout: root/<scene>/{rgb/*.png, pose/*.txt, intrinsics.txt}. Every scene's poses, intrinsics and views
-    are checked when the dataset opens (text files only), so bad data stops a run before it starts, not mid-run;
-    the images are decoded on demand.
+    are checked when the dataset opens (text files only), so bad data stops a run before it starts, not mid-run.
+    cache_dir: the views are decoded once into a memory-mapped uint8 cache there (keyed by the files' names, sizes and
+    mtimes); None: decoded on demand.
 
     get(scene, views) -> (uint8 images (V, R, R, 3), OpenGL poses (V, 4, 4), (f, cx, cy) at resolution R).
     """
     data_kind = 'scenes'  # what a modality's INR checks (image datasets have no such attribute)
 
-    def __init__(self, root, resolution):
+    def __init__(self, root, resolution, cache_dir=None):
         self.root, self.resolution = Path(root), resolution
         if not self.root.is_dir():
             raise FileNotFoundError(f"SRN folder {self.root} does not exist; expected "
@@ -447,25 +476,57 @@ class SRNDataset:
             self.poses.append(torch.stack(poses))
             self.intrinsics.append(read_srn_intrinsics(s / 'intrinsics.txt'))
 
+        self.images = None
+        if cache_dir is not None:  # every view decoded once into one memory-mapped uint8 array (N views, R, R, 3)
+            files = [f for views in self.views for f in views]
+            path = Path(cache_dir) / f'srn_{self.root.name}_{resolution}_{files_fingerprint(self.root, files)}.npy'
+            self.first = np.cumsum([0] + [len(v) for v in self.views])
+            self.images = cached_views(path, files, resolution)
+
     def __len__(self):
         return len(self.scenes)
 
     def get(self, scene, views):
-        images = []
-        for v in views:
-            f = self.views[scene][v]
-            try:
-                with Image.open(f) as im:
-                    im = to_rgb(im)
-            except Exception as e:
-                raise ValueError(f"cannot read image {f}: {e}") from e
-            if im.size != (self.resolution, self.resolution):
-                raise ValueError(f"{f} is {im.size[0]}x{im.size[1]}, expected {self.resolution}x{self.resolution} "
-                                 f"(set --resolution to the dataset's size)")
-            images.append(np.asarray(im, dtype=np.uint8))
+        if self.images is not None:
+            images = self.images[self.first[scene] + np.asarray(views, dtype=np.int64)]
+        else:
+            images = np.stack([read_view(self.views[scene][v], self.resolution) for v in views])
         focal, cx, cy = self.intrinsics[scene]
         scale = self.resolution / (2 * cx)  # intrinsics may be stored for another image size
-        return torch.from_numpy(np.stack(images)), self.poses[scene][list(views)], (focal * scale, cx * scale, cy * scale)
+        return torch.from_numpy(images), self.poses[scene][list(views)], (focal * scale, cx * scale, cy * scale)
+
+
+def read_view(f, resolution):
+    """One SRN view -> uint8 (R, R, 3); a file that cannot be decoded or has another size is named."""
+    try:
+        with Image.open(f) as im:
+            im = to_rgb(im)
+    except Exception as e:
+        raise ValueError(f"cannot read image {f}: {e}") from e
+    if im.size != (resolution, resolution):
+        raise ValueError(f"{f} is {im.size[0]}x{im.size[1]}, expected {resolution}x{resolution} "
+                         f"(set --resolution to the dataset's size)")
+    return np.asarray(im, dtype=np.uint8)
+
+
+def cached_views(path, files, resolution):
+    """The views decoded once into path (written through a memory map, so a 6 GB split never sits in memory, then
+    renamed into place: a killed build is redone), opened memory-mapped read-only."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f'.tmp{os.getpid()}.npy')
+        out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(files), resolution, resolution, 3))
+        try:
+            for i, f in enumerate(tqdm(files, desc=f'caching {path.name[:40]}', leave=False, disable=len(files) < 1000)):
+                out[i] = read_view(f, resolution)
+            out.flush()
+        except BaseException:
+            del out
+            tmp.unlink()
+            raise
+        del out
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode='r', allow_pickle=False)
 
 
 # --- shapes3d: the offline multi-view default, written in the SRN layout --------------------------------------

@@ -1,7 +1,7 @@
 """Preconditioning, the ECT continuous-time schedule, and the INRCT losses (paper Eq. 3, 12-17, App. B.1).
 
 Everything is a pure function of (t, step) so that a resumed run repeats the uninterrupted one.
-The loss is a callable: loss_fn(net, batch, step) -> (scalar, dict of parts for logging).
+The loss is a callable: loss_fn(net, batch, step) -> (scalar, dict of parts for logging, 0-dim tensors).
 """
 import math
 from contextlib import nullcontext
@@ -224,7 +224,7 @@ class INRCTLoss:
         # no-grad target at r; r <= t_min is the boundary f(x, ~0) = clean O_q (always so in stage 0)
         f_r = target
         boundary = r <= cfg.t_min
-        if l1 > 0 and not bool(boundary.all()):
+        if l1 > 0 and ect_stage(step, cfg) > 0:  # stage 0: r = 0 everywhere (read from the schedule: no device sync)
             torch.random.set_rng_state(rng[0])
             if rng[1] is not None:
                 torch.cuda.set_rng_state(rng[1])
@@ -239,10 +239,10 @@ class INRCTLoss:
         L_recon = distance(raw_t, target, cfg) * m_recon
         L_diff = distance(f_t, target, cfg) * m_diff
         loss = (loss_weight(t, r, cfg) * l1 * L_gene + anchor_weight(t, r, cfg) * (l2 * L_recon + l3 * L_diff)).mean()
-        parts = {
-            'L_gene': L_gene.mean().item(), 'L_recon': L_recon.sum().item() / max(m_recon.sum().item(), 1),
-            'L_diff': L_diff.sum().item() / max(m_diff.sum().item(), 1),
-            'frac_recon': m_recon.mean().item(), 'frac_diff': m_diff.mean().item(),
+        parts = {  # 0-dim device tensors, read by the host only when it logs (no synchronisation per step)
+            'L_gene': L_gene.detach().mean(), 'L_recon': L_recon.detach().sum() / m_recon.sum().clamp(min=1),
+            'L_diff': L_diff.detach().sum() / m_diff.sum().clamp(min=1),
+            'frac_recon': m_recon.float().mean(), 'frac_diff': m_diff.float().mean(),
             'stage': ect_stage(step, cfg), 'warmup': int(step < cfg.warmup_iters),
         }
         return loss, parts
@@ -250,16 +250,56 @@ class INRCTLoss:
 
 # --- one optimisation step: train.py's loop and bench.py run this same function ---------------------------
 @torch.no_grad()
-def update_ema(ema, model, decay):
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(pm, 1 - decay)
+def update_ema(ema, model, decay, finite=None):
+    """ema <- lerp(ema, model, 1 - decay), one foreach call; finite (0-dim bool tensor): only where it is true."""
+    targets, sources = list(ema.parameters()), list(model.parameters())
+    if finite is None:
+        torch._foreach_lerp_(targets, sources, 1 - decay)
+    else:  # a tensor weight per tensor: a 0-dim tensor passed as one Scalar would be read back by the host
+        torch._foreach_lerp_(targets, sources, [finite * (1 - decay)] * len(targets))
+
+
+class RAdam(torch.optim.RAdam):
+    """torch.optim.RAdam's update (its single-tensor arithmetic and state, so checkpoints load either way) that a
+    0-dim bool tensor `finite` gates on the device: a step with a non-finite gradient leaves weights and moments as
+    they were, and the host never has to wait for the gradient norm to decide. The step count moves on regardless."""
+
+    def __init__(self, params, lr=1e-3):
+        super().__init__(params, lr=lr, foreach=False)
+
+    @torch.no_grad()
+    def step(self, finite=None):
+        for group in self.param_groups:
+            (beta1, beta2), lr, eps = group['betas'], group['lr'], group['eps']
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                state['step'] += 1
+                step = state['step'].item()  # a CPU tensor: no device synchronisation
+                m = state['exp_avg'].lerp(p.grad, 1 - beta1)
+                v = state['exp_avg_sq'].mul(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+                rho_inf = 2 / (1 - beta2) - 1
+                rho_t = rho_inf - 2 * step * (beta2 ** step) / bc2
+                if rho_t > 5.0:
+                    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+                    new_p = p - m / bc1 * lr * ((bc2 ** 0.5) / v.sqrt().add_(eps)) * rect
+                else:
+                    new_p = p - m / bc1 * lr
+                for old, new in ((p, new_p), (state['exp_avg'], m), (state['exp_avg_sq'], v)):
+                    old.copy_(new if finite is None else torch.where(finite, new, old))
 
 
 def train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg, autocast=nullcontext(),
                ddp=False):
     """One optimiser step (bench.py times this very function): the INRCT loss and backward over `accum` micro-batches
-    (micro_batch(m) -> (batch, generator)), then, unless the gradient is non-finite (the step is skipped), the
-    clip, RAdam at this phase's lr and the EMA. -> (finite, mean loss parts, lr)."""
+    (micro_batch(m) -> (batch, generator)), the clip, RAdam at this phase's lr and the EMA, both gated on the device by
+    the gradient norm being finite (a non-finite step changes nothing). No host-device synchronisation: the loss parts
+    and the finite flag come back as 0-dim device tensors for the caller to read when it logs.
+    -> (finite, mean loss parts, lr)."""
     warm = step < cfg['warmup_iters']
     parts_mean = {}
     for m in range(accum):
@@ -269,25 +309,23 @@ def train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step,
             # the teacher pass runs on the unwrapped model: no DDP hooks or collectives in it
             loss, parts = loss_fn(net, batch, step, g, teacher or model)
             (loss / accum).backward()
-        for k, v in {**parts, 'loss': loss.item()}.items():
+        for k, v in {**parts, 'loss': loss.detach()}.items():
             parts_mean[k] = parts_mean.get(k, 0.0) + v / accum
     # the all-reduced gradient norm: every rank sees the same value, so all skip or step together
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'] or math.inf)
+    finite = torch.isfinite(norm)
     lr = cfg['lr'] if warm or not cfg['lr_full'] else cfg['lr_full']
-    if not math.isfinite(norm.item()):  # skip: no update, no EMA; the schedule still moves on with the step
-        opt.zero_grad(set_to_none=True)
-        return False, parts_mean, lr
     try:
         for group in opt.param_groups:
             group['lr'] = lr
-        opt.step()
+        opt.step(finite)
         opt.zero_grad(set_to_none=True)
         if not warm:  # no EMA during warm-up; the first full step copies the weights (decay 0)
             first = step == cfg['warmup_iters']
-            update_ema(ema, model, 0.0 if first else cfg['ema_decay'])
+            update_ema(ema, model, 0.0 if first else cfg['ema_decay'], finite)
             if teacher is not None:
-                update_ema(teacher, model, 0.0 if first else cfg['teacher_ema'])
+                update_ema(teacher, model, 0.0 if first else cfg['teacher_ema'], finite)
     except BaseException as e:  # the weights are part-updated: not a state to checkpoint
         e.inside_update = True
         raise
-    return True, parts_mean, lr
+    return finite, parts_mean, lr

@@ -47,14 +47,18 @@ def check_pose(pose, name='pose'):
                          f"with det 1); check the file's layout (4 rows of 4 numbers)")
 
 
-def get_rays(pose, focal, cx, cy, H, W):
-    """Ray origins and unit directions (..., H, W, 3) through pixel centres of an OpenGL camera."""
+def get_rays(pose, focal, cx, cy, H, W, pixels=None):
+    """Ray origins and unit directions (..., H, W, 3) through pixel centres of an OpenGL camera; pixels (P,) of
+    flat indices: through those pixels only, (..., P, 3)."""
     j, i = torch.meshgrid(torch.arange(W, dtype=pose.dtype, device=pose.device) + 0.5,
                           torch.arange(H, dtype=pose.dtype, device=pose.device) + 0.5, indexing='xy')
     dirs_cam = torch.stack([(j - cx) / focal, -(i - cy) / focal, -torch.ones_like(i)], dim=-1)  # (H, W, 3)
-    dirs = F.normalize(dirs_cam @ pose[..., None, :3, :3].transpose(-1, -2), dim=-1)            # (..., H, W, 3)
-    origins = pose[..., None, None, :3, 3].expand_as(dirs)
-    return origins, dirs
+    rot = pose[..., None, :3, :3]
+    if pixels is not None:
+        dirs_cam, rot = dirs_cam.reshape(-1, 3)[pixels], pose[..., :3, :3]
+    dirs = F.normalize(dirs_cam @ rot.transpose(-1, -2), dim=-1)
+    origins = pose[..., None, :3, 3] if pixels is not None else pose[..., None, None, :3, 3]
+    return origins.expand_as(dirs), dirs
 
 
 # --- volume rendering ------------------------------------------------------------------------------------
@@ -354,15 +358,16 @@ def nerf_batch(dataset, scenes, rays_per_object, n_samples, generator, device):
         n = len(dataset.views[s])
         pick = torch.randperm(n, generator=generator)[:2].tolist()
         images, poses, (f, cx, cy) = dataset.get(s, pick)
-        x = to_float(images)                                                    # (2, 3, H, W)
-        o, d = get_rays(poses, f, cx, cy, x.shape[-2], x.shape[-1])              # (2, H, W, 3)
-        pix = torch.randint(0, x.shape[-2] * x.shape[-1], (rays_per_object,), generator=generator)
-        support.append(x[0])
-        s_o.append(o[0])
-        s_d.append(d[0])
-        target.append(x[1].permute(1, 2, 0).reshape(-1, 3)[pix])
-        q_o.append(o[1].reshape(-1, 3)[pix])
-        q_d.append(d[1].reshape(-1, 3)[pix])
+        H, W = images.shape[1:3]
+        o, d = get_rays(poses[0], f, cx, cy, H, W)                                 # the support view: (H, W, 3)
+        pix = torch.randint(0, H * W, (rays_per_object,), generator=generator)
+        q = get_rays(poses[1], f, cx, cy, H, W, pix)                               # only the target rays: (P, 3)
+        support.append(to_float(images[:1])[0])
+        s_o.append(o)
+        s_d.append(d)
+        target.append(images[1].reshape(-1, 3)[pix].float() / 127.5 - 1)
+        q_o.append(q[0])
+        q_d.append(q[1])
     st = lambda v: torch.stack(v).to(device)  # noqa: E731
     query = {'support_origins': st(s_o)[:, None], 'support_dirs': st(s_d)[:, None], 'origins': st(q_o),
              'dirs': st(q_d), 'offsets': torch.rand(len(scenes), rays_per_object, n_samples, generator=generator).to(device)}

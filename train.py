@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import DATASETS, load_split, step_generator, step_loader
-from losses import INRCTLoss, LossConfig, train_step
+from losses import INRCTLoss, LossConfig, RAdam, train_step
 from model import MODALITIES, INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -82,7 +82,7 @@ out_dir = 'out'
 resume = False
 overwrite = False         # start over in an out_dir that holds a checkpoint (it and log.jsonl are replaced)
 max_minutes = 0.0         # wall-clock budget (0 = none); a checkpoint is written on exit
-nonfinite_limit = 20      # stop after this many non-finite steps in a row (each is skipped; no checkpoint of it)
+nonfinite_limit = 20      # stop when a log step sees this many non-finite steps in a row (skipped, never saved)
 log_interval = 50
 sample_interval = 250     # sample/reconstruction grids and a test score (PSNR, IoU)
 ckpt_interval = 250
@@ -281,7 +281,7 @@ def main(argv):
     model = build_model(**model_args(cfg)).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg['teacher_ema'] > 0 else None
-    opt = torch.optim.RAdam(model.parameters(), lr=cfg['lr'])
+    opt = RAdam(model.parameters(), lr=cfg['lr'])
     if master:
         print(json.dumps(cfg, indent=1))
         print(f"params: {count_params(model)}")
@@ -319,7 +319,7 @@ def main(argv):
         if not master:
             return True
         bad = nonfinite_tensors({'model': model, 'ema': ema})
-        if bad or bad_streak:
+        if bad or streak_t.item():
             bar.write(f"not writing {ckpt_path} at step {step}: "
                       + (f"non-finite weights ({', '.join(bad[:3])})" if bad else "the last step was non-finite"))
             return False
@@ -335,7 +335,8 @@ def main(argv):
     signal.signal(signal.SIGINT, lambda *_: interrupted.append('SIGINT') if not interrupted else force_quit())
     t_start = t_log = time.time()
     sums, n_sums = {}, 0
-    bad_streak, skipped = 0, 0
+    bad_streak, skipped = 0, 0  # non-finite steps in a row and in all: the host's copies, read when it logs
+    streak_t, skipped_t = torch.zeros((), device=dev), torch.zeros((), device=dev)
     bar = tqdm(total=cfg['max_iters'], initial=step, disable=not master, desc='train', dynamic_ncols=True)
     batches = step_loader(model.inr, train_set, cfg, range(rank * accum, (rank + 1) * accum), micro, step, use_cuda)
     try:
@@ -351,26 +352,29 @@ def main(argv):
 
             finite, parts, lr = train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg,
                                            autocast, ddp)
+            streak_t = (streak_t + 1) * ~finite  # on the device: the host reads the counts when it logs
+            skipped_t += ~finite
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_sums += 1
-            bad_streak = 0 if finite else bad_streak + 1
-            skipped += not finite
-            if not finite:
-                if master:
-                    bar.write(f"step {step + 1}: non-finite loss or gradient, step skipped ({bad_streak} in a row)")
-                if bad_streak >= cfg['nonfinite_limit']:
-                    if master:
-                        log_json(cfg['out_dir'], {'step': step + 1, 'skipped_steps': skipped, 'diverged': True})
-                    raise Diverged(f"training diverged: {bad_streak} non-finite steps in a row (to step {step + 1})")
             step += 1
             bar.update(1)
 
-            if step % cfg['log_interval'] == 0 or step == cfg['max_iters']:
+            log_now = step % cfg['log_interval'] == 0 or step == cfg['max_iters']
+            if log_now:
+                bad_streak, was = int(streak_t.item()), skipped
+                skipped = int(skipped_t.item())
+                if master and skipped > was:
+                    bar.write(f"to step {step}: {skipped - was} non-finite loss or gradient, step(s) skipped "
+                              f"({bad_streak} in a row now)")
+                if bad_streak >= cfg['nonfinite_limit']:
+                    if master:
+                        log_json(cfg['out_dir'], {'step': step, 'skipped_steps': skipped, 'diverged': True})
+                    raise Diverged(f"training diverged: {bad_streak} non-finite steps in a row (to step {step})")
                 dt = time.time() - t_log
                 t_log = time.time()
                 rec = {'step': step, 'phase': 'warmup' if warm else 'full', 'lr': lr,
-                       **{k: v / n_sums for k, v in sums.items()}, 'skipped_steps': skipped,
+                       **{k: float(v) / n_sums for k, v in sums.items()}, 'skipped_steps': skipped,
                        'img_per_s': n_sums * cfg['batch_size'] / dt, 'peak_mem_mb': peak_memory_mb(dev),
                        'minutes': (time.time() - t_start) / 60}
                 sums, n_sums = {}, 0
@@ -386,7 +390,7 @@ def main(argv):
                 log_json(cfg['out_dir'], {'step': step, f'test_{name}': score})
             if step % cfg['ckpt_interval'] == 0:
                 checkpoint()
-            if stop_now(cfg, t_start, interrupted, ddp, dev):
+            if (log_now or not ddp) and stop_now(cfg, t_start, interrupted, ddp, dev):  # DDP: a collective, so rarely
                 if master:
                     bar.write(f"stopping at step {step}: {interrupted[0] if interrupted else 'max_minutes'}")
                 break

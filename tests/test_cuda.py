@@ -106,3 +106,27 @@ def test_train_on_cuda_alone_and_under_torchrun_nccl_agree_and_sample(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     samples = np.load(npz)['samples']
     assert samples.shape == (8, 64, 64, 3) and samples.dtype == np.uint8
+
+
+def test_train_step_never_synchronises_with_the_host():
+    """CUDA's sync debug mode turns any host-device synchronisation inside losses.train_step into an error."""
+    import train
+    from data import ShapesDataset
+    from losses import INRCTLoss, RAdam, train_step
+    cfg = {**train.defaults(), 'batch_size': 4, 'warmup_iters': 1, 'ect_d': 1, 'num_workers': 0}
+    torch.manual_seed(0)
+    model = build_model('tiny', 16, 4).to(DEV)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt, loss_fn = RAdam(model.parameters(), lr=1e-3), INRCTLoss(train.loss_config(cfg))
+    raw = model.inr.read_batch(ShapesDataset('train', 16), [0, 1, 2, 3], cfg, None)
+    g = torch.Generator(device=DEV).manual_seed(0)
+    batch = model.inr.train_batch(raw, cfg, g, DEV)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for step in (0, 3):
+            finite, parts, _ = train_step(model, model, ema, None, opt, loss_fn, lambda m: (batch, g), 1, step, cfg,
+                                          torch.autocast('cuda', dtype=torch.bfloat16))
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert bool(finite) and torch.isfinite(parts['loss'])

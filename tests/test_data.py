@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import FINE, ShapesDataset, load_dataset, render_shapes
+from data import FINE, SRNDataset, ShapesDataset, load_dataset, render_shapes, shape_mask, shape_params, write_shapes3d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'shared', 'data')
@@ -35,6 +35,56 @@ def test_shapes_pooled_2x_equals_1x_within_one_level(res):
         big = render_shapes(0, i, 2 * res).astype(np.float64)
         pooled = big.reshape(res, 2, res, 2, 3).mean(axis=(1, 3))
         assert np.abs(pooled - small).max() <= 1.0
+
+
+def test_shapes_drawn_in_their_boxes_equal_the_whole_grid_composite():
+    """render_shapes evaluates each primitive only inside its bounding box: nothing of it lies outside."""
+    for res in (16, 32):
+        n = FINE
+        coord = (np.arange(n) * 2 + 1) / n - 1
+        y, x = np.meshgrid(coord, coord, indexing='ij')
+        for i in range(60):
+            bg, angle, shapes = shape_params(0, i)
+            g = (0.5 + 0.35 * (np.cos(angle) * x + np.sin(angle) * y))[..., None]
+            img = bg[0] * (1 - g) + bg[1] * g
+            for s in shapes:
+                img = np.where(shape_mask(s, y, x)[..., None], s['colour'], img)
+            ss = n // res
+            ref = np.round(img.reshape(res, ss, res, ss, 3).mean(axis=(1, 3)) * 255).clip(0, 255).astype(np.uint8)
+            assert np.abs(ref.astype(int) - render_shapes(0, i, res)).max() == 0, (res, i)
+
+
+def test_shapes_cache_is_rendered_once_and_read_memory_mapped(tmp_path, monkeypatch):
+    fresh = ShapesDataset('train', 16, n_train=40).get(range(40))
+    a = ShapesDataset('train', 16, n_train=40, cache_dir=tmp_path)
+    assert isinstance(a.array, np.memmap) and len(list(tmp_path.glob('shapes_*_16_0_40.npy'))) == 1
+    assert torch.equal(a.get(range(40)), fresh) and torch.equal(a.get([7, 3, 7]), fresh[[7, 3, 7]])
+    test = ShapesDataset('test', 16, n_train=40, n_test=8, cache_dir=tmp_path)
+    assert torch.equal(test.get(range(8)), ShapesDataset('test', 16, n_train=40, n_test=8).get(range(8)))
+    monkeypatch.setattr('data.render_shapes', lambda *_: 1 / 0)  # a second open must not render
+    b = ShapesDataset('train', 16, n_train=40, cache_dir=tmp_path)
+    assert torch.equal(b.get([5, 9]), fresh[[5, 9]])
+    with pytest.raises(ZeroDivisionError):  # other resolutions are still rendered on demand
+        b.get([0], 32)
+    assert not list(tmp_path.glob('*.tmp*'))
+
+
+def test_srn_view_cache_returns_the_decoded_views_and_follows_the_files(tmp_path):
+    root = write_shapes3d(tmp_path / 'cars_train', n_objects=3, n_views=4, resolution=16)
+    plain, cached = SRNDataset(root, 16), SRNDataset(root, 16, cache_dir=tmp_path / 'c')
+    assert isinstance(cached.images, np.memmap) and cached.images.shape == (12, 16, 16, 3)
+    for scene, views in ((0, [0, 3]), (2, [1, 1, 2])):
+        for a, b in zip(plain.get(scene, views)[:2], cached.get(scene, views)[:2]):
+            assert torch.equal(a, b)
+    f = root / '00001' / 'rgb' / '000002.png'
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(f)
+    os.utime(f, (1, 1))  # a changed file is another cache
+    again = SRNDataset(root, 16, cache_dir=tmp_path / 'c')
+    assert (again.get(1, [2])[0] == 0).all() and len(list((tmp_path / 'c').glob('srn_*.npy'))) == 2
+    f.write_bytes(b'not a png')
+    with pytest.raises(ValueError, match='cannot read image .*000002.png'):
+        SRNDataset(root, 16, cache_dir=tmp_path / 'c')
+    assert not list((tmp_path / 'c').glob('*.tmp*'))  # a failed build leaves no partial file
 
 
 def write_cifar(root, n_per_batch=5):

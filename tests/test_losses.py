@@ -1,11 +1,12 @@
 """Preconditioning, ECT schedule, masks, ETS warm-up and the composed loss, against SPEC formulas/values."""
+import copy
 import math
 
 import pytest
 import torch
 
 from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, consistency_fn, diff_mask, distance,
-                    ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, sample_t)
+                    RAdam, ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, sample_t, train_step)
 
 # SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
 PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
@@ -294,3 +295,73 @@ def test_boundary_sigma_makes_f_the_input_at_t_min_and_nothing_of_it_beyond():
     assert torch.equal(f, x) and torch.all(raw == 0.7)
     f_off, _ = consistency_fn(net, x, x, torch.full((3,), 0.003), None, LossConfig(query_skip=False))
     assert torch.all(f_off == 0.7)  # without it the boundary rests on the loss alone
+
+
+# --- the optimiser step: torch's RAdam arithmetic, gated on the device, nothing read back by the host ----------
+def radam_pair():
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.GELU(), torch.nn.Linear(9, 2))
+    b = copy.deepcopy(a)
+    return a, b, torch.optim.RAdam(a.parameters(), lr=3e-2), RAdam(b.parameters(), lr=3e-2)
+
+
+def test_gated_radam_is_torch_radam_bitwise_and_a_non_finite_step_changes_nothing():
+    a, b, opt_a, opt_b = radam_pair()
+    for i in range(10):  # steps 1-5 un-rectified (rho_t <= 5), then rectified
+        x = torch.randn(4, 6)
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            net(x).square().sum().backward()
+            opt.step() if opt is opt_a else opt.step(torch.tensor(True))
+            opt.zero_grad()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    opt_a.load_state_dict(opt_b.state_dict())  # the same state: checkpoints load into either
+    before = copy.deepcopy(opt_b.state_dict()['state'])
+    weights = [p.clone() for p in b.parameters()]
+    b(torch.randn(4, 6)).sum().backward()
+    next(b.parameters()).grad[0, 0] = float('nan')
+    opt_b.step(torch.tensor(False))
+    assert all(torch.equal(p, w) for p, w in zip(b.parameters(), weights))
+    for k, s in opt_b.state_dict()['state'].items():
+        assert torch.equal(s['exp_avg'], before[k]['exp_avg']) and torch.equal(s['exp_avg_sq'], before[k]['exp_avg_sq'])
+
+
+def test_train_step_reads_nothing_back_from_the_device(monkeypatch):
+    """No .item(), bool() or float() of a tensor inside the step but the optimiser's CPU step counters: on a GPU each
+    would stall the queue. A non-finite gradient is skipped all the same (weights and EMA unchanged)."""
+    import train
+    from model import build_model
+    from data import ShapesDataset
+    cfg = {**train.defaults(), 'batch_size': 4, 'warmup_iters': 1, 'ect_d': 1, 'num_workers': 0}
+    torch.manual_seed(0)
+    model = build_model('tiny', 16, 4)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt, loss_fn = RAdam(model.parameters(), lr=1e-3), INRCTLoss(train.loss_config(cfg))
+    raw = model.inr.read_batch(ShapesDataset('train', 16), [0, 1, 2, 3], cfg, None)
+
+    def micro_batch(m):
+        g = torch.Generator().manual_seed(m)
+        return model.inr.train_batch(raw, cfg, g, 'cpu'), g
+
+    read = []
+    for name in ('item', '__bool__', '__float__', '__int__', 'tolist'):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _real=real, _name=name):
+            if not any(self is s['step'] for s in opt.state.values()):
+                read.append((_name, tuple(self.shape)))
+            return _real(self, *args)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    for step in (0, 3):  # warm-up, then stage > 0 with the teacher pass and the EMA
+        finite, parts, _ = train_step(model, model, ema, None, opt, loss_fn, micro_batch, 1, step, cfg)
+    monkeypatch.undo()
+    assert read == [] and isinstance(finite, torch.Tensor) and bool(finite)
+    assert all(isinstance(parts[k], torch.Tensor) for k in ('loss', 'L_gene', 'L_recon', 'L_diff'))
+    weights, averaged = [p.clone() for p in model.parameters()], [p.clone() for p in ema.parameters()]
+
+    def poisoned(m):
+        batch, g = micro_batch(m)
+        return {**batch, 'support': batch['support'] * float('nan')}, g
+    finite, _, _ = train_step(model, model, ema, None, opt, loss_fn, poisoned, 1, 4, cfg)
+    assert not bool(finite)
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
+    assert all(torch.equal(p, w) for p, w in zip(ema.parameters(), averaged))
