@@ -34,6 +34,10 @@ class LossConfig:
     lambdas: tuple = (1.0, 1.0, 1.0)  # (l1, l2, l3) of full training (paper: robust to 0.1x-10x)
     query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: c_skip 0, c_out 1 (NeRF, see consistency_fn)
     boundary_sigma: float = 0.0 # query_skip False: > 0 keeps a narrow skip so f(x, t_min) = x exactly (c_skip)
+    stage0_edm: bool = False    # stage 0 as EDM pretraining: t ~ LogNormal(EDM_P), every term weighted 1 (edm_stage)
+
+
+EDM_P = (-1.2, 1.2)  # EDM's training LogNormal(P_mean, P_std) of t
 
 
 # --- preconditioning (EDM / ECT form) --------------------------------------------------------------
@@ -141,13 +145,20 @@ def r_of_t(t, step, cfg):
     return (t * (1 - n / cfg.q ** ect_stage(step, cfg))).clamp(min=0)
 
 
+def edm_stage(step, cfg):
+    """True in the stage 0 that stage0_edm makes EDM pretraining (after the warm-up, before stage 1)."""
+    return cfg.stage0_edm and step >= cfg.warmup_iters and ect_stage(step, cfg) == 0
+
+
 def sample_t(batch_size, step, cfg, generator=None, device=None):
-    """ETS warm-up: t ~ U(t_min, t_eps1); afterwards t ~ LogNormal(P_mean, P_std) clamped to [t_min, t_max]."""
+    """ETS warm-up: t ~ U(t_min, t_eps1); afterwards t ~ LogNormal(P_mean, P_std) (EDM_P in an edm_stage) clamped
+    to [t_min, t_max]."""
     u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
     if step < cfg.warmup_iters:
         t = cfg.t_min + (cfg.t_eps1 - cfg.t_min) * u
     else:  # inverse CDF of the normal keeps one uniform draw per sample in both phases
-        t = torch.exp(cfg.P_mean + cfg.P_std * math.sqrt(2) * torch.erfinv(2 * u - 1))
+        p_mean, p_std = EDM_P if edm_stage(step, cfg) else (cfg.P_mean, cfg.P_std)
+        t = torch.exp(p_mean + p_std * math.sqrt(2) * torch.erfinv(2 * u - 1))
     return t.clamp(cfg.t_min, cfg.t_max).float()
 
 
@@ -238,7 +249,8 @@ class INRCTLoss:
         L_gene = distance(f_t, f_r.detach(), cfg)
         L_recon = distance(raw_t, target, cfg) * m_recon
         L_diff = distance(f_t, target, cfg) * m_diff
-        loss = (loss_weight(t, r, cfg) * l1 * L_gene + anchor_weight(t, r, cfg) * (l2 * L_recon + l3 * L_diff)).mean()
+        w_gene, w_anchor = (1.0, 1.0) if edm_stage(step, cfg) else (loss_weight(t, r, cfg), anchor_weight(t, r, cfg))
+        loss = (w_gene * l1 * L_gene + w_anchor * (l2 * L_recon + l3 * L_diff)).mean()
         parts = {  # 0-dim device tensors, read by the host only when it logs (no synchronisation per step)
             'L_gene': L_gene.detach().mean(), 'L_recon': L_recon.detach().sum() / m_recon.sum().clamp(min=1),
             'L_diff': L_diff.detach().sum() / m_diff.sum().clamp(min=1),
@@ -293,6 +305,15 @@ class RAdam(torch.optim.RAdam):
                     old.copy_(new if finite is None else torch.where(finite, new, old))
 
 
+def step_lr(step, cfg, lcfg):
+    """lr in the warm-up, stage0_lr in stage 0 after it (if set), lr_full from then on (0: lr)."""
+    if step < cfg['warmup_iters']:
+        return cfg['lr']
+    if cfg.get('stage0_lr') and ect_stage(step, lcfg) == 0:
+        return cfg['stage0_lr']
+    return cfg['lr_full'] or cfg['lr']
+
+
 def train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg, autocast=nullcontext(),
                ddp=False):
     """One optimiser step (bench.py times this very function): the INRCT loss and backward over `accum` micro-batches
@@ -314,7 +335,7 @@ def train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step,
     # the all-reduced gradient norm: every rank sees the same value, so all skip or step together
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'] or math.inf)
     finite = torch.isfinite(norm)
-    lr = cfg['lr'] if warm or not cfg['lr_full'] else cfg['lr_full']
+    lr = step_lr(step, cfg, loss_fn.cfg)
     try:
         for group in opt.param_groups:
             group['lr'] = lr

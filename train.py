@@ -63,6 +63,9 @@ warmup_iters = 800        # ETS reconstruction-only steps
 ect_d = 100               # ECT stage length in steps
 ect_stage0 = 0            # steps of stage 0 (r = 0, plain denoising at every t) after the warm-up (0 = ect_d)
 ect_max_stage = 0         # stop tightening dt after this stage (0 = never)
+stage0_edm = False        # stage 0 as EDM pretraining (ECT starts from such a model): t ~ LogNormal(-1.2, 1.2),
+                          # every term weighted alike; p_mean, p_std and weighting then apply from stage 1 on
+stage0_lr = 0.0           # lr of stage 0 (0 = lr_full): denoising takes a higher lr than the consistency stages
 weighting = 'inv_dt'      # w(t) = 1/(t - r) | 'ect': times c_out(t) without query_skip | 'uniform': t/(t - r)
                           # | 'uniform_gene': t/(t - r) for L_gene, 1/(t - r) for L_recon and L_diff
 ema_decay = 0.9999
@@ -173,8 +176,8 @@ CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels')
            'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full', 'grad_clip',
-                'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff', 'max_minutes')
+NON_NEGATIVE = ('micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
+                'stage0_lr', 'grad_clip', 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff', 'max_minutes')
 POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
 UNIT_INTERVAL = ('ema_decay', 'teacher_ema', 'dropout')  # [0, 1)
 
@@ -212,7 +215,7 @@ def loss_config(cfg):
                       stage0_iters=cfg['ect_stage0'], max_stage=cfg['ect_max_stage'], weighting=cfg['weighting'],
                       shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'],
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
-                      P_mean=cfg['p_mean'], P_std=cfg['p_std'],
+                      P_mean=cfg['p_mean'], P_std=cfg['p_std'], stage0_edm=cfg['stage0_edm'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 

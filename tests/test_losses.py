@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, consistency_fn, diff_mask, distance,
-                    RAdam, ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, sample_t, train_step)
+                    RAdam, ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, sample_t, step_lr, train_step)
 
 # SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
 PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
@@ -365,3 +365,28 @@ def test_train_step_reads_nothing_back_from_the_device(monkeypatch):
     assert not bool(finite)
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
     assert all(torch.equal(p, w) for p, w in zip(ema.parameters(), averaged))
+
+
+def test_stage0_edm_is_edm_pretraining_in_stage_0_and_the_plain_config_after():
+    """stage0_edm: in stage 0 (after the warm-up) t ~ LogNormal(-1.2, 1.2) and every term weighs 1, exactly the loss of
+    weighting 'uniform' with EDM's p(t); from stage 1 on, the loss of the config without it."""
+    base = dict(d=4, stage0_iters=6, warmup_iters=2, weighting='uniform_gene', query_skip=False, boundary_sigma=0.02)
+    edm = LossConfig(**base, stage0_edm=True)
+    x = torch.randn(64, 3, 4, 4, dtype=torch.float64)
+    for step, same_as in ((0, LossConfig(**base)), (5, LossConfig(**{**base, 'weighting': 'uniform'}, P_mean=-1.2,
+                                                                      P_std=1.2)), (9, LossConfig(**base))):
+        assert ect_stage(step, edm) == ect_stage(step, same_as)
+        got, want = loss_and_draws(edm, LinearNet(), x, x, step)[0][0], loss_and_draws(same_as, LinearNet(), x, x, step)[0][0]
+        assert got.item() == want.item(), step
+    t = sample_t(20000, 5, edm, torch.Generator().manual_seed(0)).double()
+    assert t.log().median().item() == pytest.approx(-1.2, abs=0.03) and t.log().std().item() == pytest.approx(1.2, abs=0.03)
+    assert loss_and_draws(edm, LinearNet(), x, x, 5)[0][0].item() != loss_and_draws(LossConfig(**base), LinearNet(), x, x,
+                                                                                      5)[0][0].item()
+
+
+def test_step_lr_by_phase():
+    lcfg = LossConfig(d=4, stage0_iters=6, warmup_iters=2)
+    cfg = {'warmup_iters': 2, 'lr': 1e-3, 'lr_full': 1e-4, 'stage0_lr': 5e-4}
+    assert [step_lr(s, cfg, lcfg) for s in (0, 1, 2, 7, 8, 20)] == [1e-3, 1e-3, 5e-4, 5e-4, 1e-4, 1e-4]
+    assert [step_lr(s, {**cfg, 'stage0_lr': 0.0}, lcfg) for s in (1, 2, 8)] == [1e-3, 1e-4, 1e-4]
+    assert [step_lr(s, {**cfg, 'stage0_lr': 0.0, 'lr_full': 0.0}, lcfg) for s in (1, 2, 8)] == [1e-3, 1e-3, 1e-3]
