@@ -74,7 +74,8 @@ SHAPE_EXTENT = 1.2  # every primitive lies within this many sizes of its centre 
 
 
 def shape_box(centre, radius, n):
-    """[lo, hi) of the n fine samples (centres at (2i + 1) / n - 1) that may lie within radius of centre, with a margin."""
+    """[lo, hi) of the n fine samples (centres at (2i + 1) / n - 1) that may lie within radius of centre, with a
+    margin."""
     lo = int(np.floor((centre - radius + 1) * n / 2 - 1))
     return max(0, lo), min(n, int(np.ceil((centre + radius + 1) * n / 2 + 1)))
 
@@ -517,7 +518,8 @@ def cached_views(path, files, resolution):
         tmp = path.with_suffix(f'.tmp{os.getpid()}.npy')
         out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(files), resolution, resolution, 3))
         try:
-            for i, f in enumerate(tqdm(files, desc=f'caching {path.name[:40]}', leave=False, disable=len(files) < 1000)):
+            bar = tqdm(files, desc=f'caching {path.name[:40]}', leave=False, disable=len(files) < 1000)
+            for i, f in enumerate(bar):
                 out[i] = read_view(f, resolution)
             out.flush()
         except BaseException:

@@ -376,10 +376,12 @@ def test_stage0_edm_is_edm_pretraining_in_stage_0_and_the_plain_config_after():
     for step, same_as in ((0, LossConfig(**base)), (5, LossConfig(**{**base, 'weighting': 'uniform'}, P_mean=-1.2,
                                                                       P_std=1.2)), (9, LossConfig(**base))):
         assert ect_stage(step, edm) == ect_stage(step, same_as)
-        got, want = loss_and_draws(edm, LinearNet(), x, x, step)[0][0], loss_and_draws(same_as, LinearNet(), x, x, step)[0][0]
+        got = loss_and_draws(edm, LinearNet(), x, x, step)[0][0]
+        want = loss_and_draws(same_as, LinearNet(), x, x, step)[0][0]
         assert got.item() == want.item(), step
     t = sample_t(20000, 5, edm, torch.Generator().manual_seed(0)).double()
-    assert t.log().median().item() == pytest.approx(-1.2, abs=0.03) and t.log().std().item() == pytest.approx(1.2, abs=0.03)
+    assert t.log().median().item() == pytest.approx(-1.2, abs=0.03)
+    assert t.log().std().item() == pytest.approx(1.2, abs=0.03)
     assert loss_and_draws(edm, LinearNet(), x, x, 5)[0][0].item() != loss_and_draws(LossConfig(**base), LinearNet(), x, x,
                                                                                       5)[0][0].item()
 
