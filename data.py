@@ -227,13 +227,18 @@ def list_files(data_dir, exts, what='files'):
     return files
 
 
-def load_image(path, resolution):
-    """Decode, centre-crop to a square, resize with antialiasing -> uint8 (R, R, 3)."""
+def open_rgb(path):
+    """Decode an image file into 8-bit RGB (to_rgb); a file that cannot be decoded is named."""
     try:
         with Image.open(path) as im:
-            im = to_rgb(im)
+            return to_rgb(im)
     except Exception as e:
         raise ValueError(f"cannot read image {path}: {e}. Remove or replace the file.") from e
+
+
+def load_image(path, resolution):
+    """Decode, centre-crop to a square, resize with antialiasing -> uint8 (R, R, 3)."""
+    im = open_rgb(path)
     w, h = im.size
     s = min(w, h)
     im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
@@ -499,11 +504,7 @@ class SRNDataset:
 
 def read_view(f, resolution):
     """One SRN view -> uint8 (R, R, 3); a file that cannot be decoded or has another size is named."""
-    try:
-        with Image.open(f) as im:
-            im = to_rgb(im)
-    except Exception as e:
-        raise ValueError(f"cannot read image {f}: {e}") from e
+    im = open_rgb(f)
     if im.size != (resolution, resolution):
         raise ValueError(f"{f} is {im.size[0]}x{im.size[1]}, expected {resolution}x{resolution} "
                          f"(set --resolution to the dataset's size)")
