@@ -634,12 +634,15 @@ def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False):
 
 
 # --- shapes_occ and voxels: 3D occupancy grids ------------------------------------------------------------
+OCC_SPAN = 0.9  # share of the cube an object's longest side spans (ShapeNet's normalisation)
 OCC_FINE = 64  # sub-voxel samples per axis over the cube: every resolution dividing 64 is the same solids
                # box-filtered over its voxels, so pooling the 2x grid 2x2x2 gives the 1x grid
 
 
 def solid_params(seed, index):
-    """Per-object parameters: 1-3 solids (sphere, box, cylinder, torus), each placed, sized and rotated."""
+    """Per-object parameters: 1-3 solids (sphere, box, cylinder, torus), each placed, sized and rotated; then the
+    union is normalised as ShapeNet's voxels are: centred, scaled so its bounding box's longest side spans
+    OCC_SPAN of the cube (objects a few voxels wide would make any grid a coarser one)."""
     rng = np.random.default_rng([seed, 3, index])  # a stream apart from the 2D shapes'
     solids = []
     for _ in range(rng.integers(1, 4)):
@@ -647,7 +650,20 @@ def solid_params(seed, index):
         solids.append(dict(kind=['sphere', 'box', 'cylinder', 'torus'][rng.integers(4)], rot=rot,
                            centre=rng.uniform(-0.35, 0.35, 3), size=rng.uniform(0.25, 0.5),
                            aspect=rng.uniform(0.5, 1.0, 3)))
+    lo, hi = np.min([s['centre'] - solid_extent(s) for s in solids], 0), np.max([s['centre'] + solid_extent(s)
+                                                                                  for s in solids], 0)
+    scale = 2 * OCC_SPAN / (hi - lo).max()
+    for s in solids:
+        s['centre'], s['size'] = (s['centre'] - (lo + hi) / 2) * scale, s['size'] * scale
     return solids
+
+
+def solid_extent(s):
+    """Half-extent of a solid's axis-aligned bounding box (3,): its own-frame box through the rotation."""
+    r, a = s['size'], s['aspect']
+    local = {'sphere': np.full(3, r), 'box': r * a, 'cylinder': r * np.array([a[0], a[0], a[2]]),
+             'torus': np.array([r * (1 + 0.4 * a[1])] * 2 + [0.4 * r * a[1]])}[s['kind']]
+    return np.abs(s['rot']) @ local
 
 
 def solid_mask(s, points):
@@ -698,7 +714,7 @@ class ShapesOccDataset(VoxelDataset):
     def __init__(self, split='train', resolution=32, seed=0, n_train=4000, n_test=200, cache_dir=''):
         self.seed = seed
         self.offset, n = (0, n_train) if split == 'train' else (n_train, n_test)
-        path = cache_root(cache_dir) / f'shapes_occ_v1_{resolution}_s{seed}_{split}_{n}.npy'
+        path = cache_root(cache_dir) / f'shapes_occ_v2_{resolution}_s{seed}_{split}_{n}.npy'
         array = cached_array(path, lambda: np.stack([voxelize_solids(seed, self.offset + i, resolution)
                                                      for i in tqdm(range(n), desc=f'voxelising shapes_occ {split}')]))
         super().__init__(array)
