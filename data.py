@@ -634,6 +634,7 @@ def write_shapes3d(out, n_objects, n_views, resolution=32, seed=0, test=False):
 
 
 # --- shapes_occ and voxels: 3D occupancy grids ------------------------------------------------------------
+TORUS_TUBE = 0.4  # a torus's tube radius, as a share of its ring radius times aspect[1]
 OCC_SPAN = 0.9  # share of the cube an object's longest side spans (ShapeNet's normalisation)
 OCC_FINE = 64  # sub-voxel samples per axis over the cube: every resolution dividing 64 is the same solids
                # box-filtered over its voxels, so pooling the 2x grid 2x2x2 gives the 1x grid
@@ -662,7 +663,7 @@ def solid_extent(s):
     """Half-extent of a solid's axis-aligned bounding box (3,): its own-frame box through the rotation."""
     r, a = s['size'], s['aspect']
     local = {'sphere': np.full(3, r), 'box': r * a, 'cylinder': r * np.array([a[0], a[0], a[2]]),
-             'torus': np.array([r * (1 + 0.4 * a[1])] * 2 + [0.4 * r * a[1]])}[s['kind']]
+             'torus': np.array([r * (1 + TORUS_TUBE * a[1])] * 2 + [TORUS_TUBE * r * a[1]])}[s['kind']]
     return np.abs(s['rot']) @ local
 
 
@@ -677,7 +678,7 @@ def solid_mask(s, points):
     radial = np.sqrt(q[..., 0] ** 2 + q[..., 1] ** 2)
     if s['kind'] == 'cylinder':
         return (radial < r * a[0]) & (np.abs(q[..., 2]) < r * a[2])
-    return (radial - r) ** 2 + q[..., 2] ** 2 < (0.4 * r * a[1]) ** 2  # torus: tube radius 0.2-0.4 of the ring's
+    return (radial - r) ** 2 + q[..., 2] ** 2 < (TORUS_TUBE * r * a[1]) ** 2  # torus: tube 0.2-0.4 of the ring
 
 
 def voxelize_solids(seed, index, resolution):
@@ -692,9 +693,9 @@ def voxelize(solids, resolution):
     n = resolution * ss
     coord = ((np.arange(n) * 2 + 1) / n - 1).astype(np.float32)
     inside = np.zeros((n, n, n), bool)
-    for s in solids:  # only the sub-samples within the solid's bounding cube (1.75 size: a box's corner)
-        lo = np.clip(np.floor((s['centre'] - 1.75 * s['size'] + 1) * n / 2).astype(int), 0, n)
-        hi = np.clip(np.ceil((s['centre'] + 1.75 * s['size'] + 1) * n / 2).astype(int), 0, n)
+    for s in solids:  # only the sub-samples within the solid's bounding box
+        lo = np.clip(np.floor((s['centre'] - solid_extent(s) + 1) * n / 2).astype(int), 0, n)
+        hi = np.clip(np.ceil((s['centre'] + solid_extent(s) + 1) * n / 2).astype(int), 0, n)
         box = np.stack(np.meshgrid(*[coord[a:b] for a, b in zip(lo, hi)], indexing='ij'), -1)
         inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= solid_mask(s, box)
     occ = inside.reshape(resolution, ss, resolution, ss, resolution, ss).mean(axis=(1, 3, 5))
