@@ -517,6 +517,7 @@ def main(argv):
     p.add_argument('--steps', type=int, default=1, choices=(1, 2))
     p.add_argument('--ode', type=int, default=0, help='images: score n-step ODE samples instead (sample.py --ode)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--weights', default='ema', choices=('ema', 'model'), help='--ckpt: sample the EMA or the raw weights')
     p.add_argument('--batch', type=int, default=500)
     p.add_argument('--ref', default='train', choices=('train', 'test'), help='reference split (paper: train)')
     p.add_argument('--features', default='inception', choices=('inception', 'pixels', 'shapes'),
@@ -552,13 +553,13 @@ def main(argv):
         if m > 3:
             out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
     elif a.ckpt:
-        model, ckpt = load(a.ckpt, 'ema', dev)
+        model, ckpt = load(a.ckpt, a.weights, dev)
         cfg, lcfg = ckpt['config'], LossConfig(**ckpt['loss'])
         feats, logits, rate = sample_features(model, cfg, lcfg, a.n, a.steps, a.seed, a.batch, extractor, a.ode)
         mu, sigma, real = reference_stats(model.inr, cfg, a.ref, extractor, a.pr_n, a.cache_dir)
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
         out.update(n=len(feats), nfe=a.ode or model.inr.nfe(a.steps, lcfg), samples_per_s=rate,
-                   ref=model.inr.reference_split(a.ref)[1], features=a.features, ckpt=a.ckpt)
+                   ref=model.inr.reference_split(a.ref)[1], features=a.features, ckpt=a.ckpt, weights=a.weights)
     else:
         p.error('give --ckpt or two .npz files')
     if not a.validate_shapes:

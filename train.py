@@ -75,6 +75,7 @@ shift_precond = True
 query_skip = True         # Eq. 12's c_skip O_q_t; False: f = the render alone (the CPU demos configs/shapes{,3d}.py)
 boundary_sigma = 0.0      # query_skip False: c_skip = s^2/((t - t_min)^2 + s^2), f(x, t_min) = x exactly (0 = off)
 huber_c = 0.0
+metric = 'l2'             # distance of every loss term: 'l2' (the paper's L2 norm) | 'mse' (EDM: the posterior mean)
 p_mean = -1.1             # full-training t ~ LogNormal(P_mean, P_std) (ECT)
 p_std = 2.0
 lambda_gene = 1.0         # loss weights of full training (Eq. 17); warm-up uses (0, 1, 0)
@@ -173,7 +174,7 @@ def preset_value(path, key, value, default):
 
 
 CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
-           'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'device': ('auto', 'cpu', 'cuda')}
+           'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'metric': ('l2', 'mse'), 'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
 NON_NEGATIVE = ('micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
@@ -214,7 +215,7 @@ def loss_config(cfg):
     cfg = {**defaults(), **cfg}  # configs of checkpoints from before a key existed get its default
     return LossConfig(sigma_data=cfg['sigma_data'], d=cfg['ect_d'], warmup_iters=cfg['warmup_iters'],
                       stage0_iters=cfg['ect_stage0'], max_stage=cfg['ect_max_stage'], weighting=cfg['weighting'],
-                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'],
+                      shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], metric=cfg['metric'],
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
                       P_mean=cfg['p_mean'], P_std=cfg['p_std'], stage0_edm=cfg['stage0_edm'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
