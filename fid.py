@@ -517,7 +517,7 @@ def main(argv):
     p.add_argument('--steps', type=int, default=1, choices=(1, 2))
     p.add_argument('--ode', type=int, default=0, help='images: score n-step ODE samples instead (sample.py --ode)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--weights', default='ema', choices=('ema', 'model'), help='--ckpt: sample the EMA or the raw weights')
+    p.add_argument('--weights', default='ema', choices=('ema', 'model'), help='--ckpt: the EMA or the raw weights')
     p.add_argument('--batch', type=int, default=500)
     p.add_argument('--ref', default='train', choices=('train', 'test'), help='reference split (paper: train)')
     p.add_argument('--features', default='inception', choices=('inception', 'pixels', 'shapes'),

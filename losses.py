@@ -32,7 +32,7 @@ class LossConfig:
     shift_precond: bool = True  # ECT: c_skip, c_out use (t - t_min) so f(x, t_min) = x exactly
     huber_c: float = 0.0        # 0: plain L2 norm; >0: pseudo-Huber sqrt(|x|^2 + c^2) - c
     metric: str = 'l2'          # 'l2': the L2 norm (paper); 'mse': mean squared error, whose minimiser is the
-                                # posterior mean E[x | x_t] the probability-flow ODE needs (EDM's loss); huber_c then unused
+                                # posterior mean E[x | x_t] the probability-flow ODE needs (EDM's loss; no huber_c)
     lambdas: tuple = (1.0, 1.0, 1.0)  # (l1, l2, l3) of full training (paper: robust to 0.1x-10x)
     query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: c_skip 0, c_out 1 (NeRF, see consistency_fn)
     boundary_sigma: float = 0.0 # query_skip False: > 0 keeps a narrow skip so f(x, t_min) = x exactly (c_skip)
