@@ -694,8 +694,9 @@ def voxelize(solids, resolution):
     coord = ((np.arange(n) * 2 + 1) / n - 1).astype(np.float32)
     inside = np.zeros((n, n, n), bool)
     for s in solids:  # only the sub-samples within the solid's bounding box
-        lo = np.clip(np.floor((s['centre'] - solid_extent(s) + 1) * n / 2).astype(int), 0, n)
-        hi = np.clip(np.ceil((s['centre'] + solid_extent(s) + 1) * n / 2).astype(int), 0, n)
+        e = solid_extent(s)
+        lo = np.clip(np.floor((s['centre'] - e + 1) * n / 2).astype(int), 0, n)
+        hi = np.clip(np.ceil((s['centre'] + e + 1) * n / 2).astype(int), 0, n)
         box = np.stack(np.meshgrid(*[coord[a:b] for a, b in zip(lo, hi)], indexing='ij'), -1)
         inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= solid_mask(s, box)
     occ = inside.reshape(resolution, ss, resolution, ss, resolution, ss).mean(axis=(1, 3, 5))
