@@ -29,7 +29,7 @@ from scipy.ndimage import gaussian_filter
 from tqdm import tqdm
 
 from data import cache_root, files_fingerprint, load_split, render_shapes, shape_params
-from losses import LossConfig
+from losses import LossConfig, with_t_mid
 from model import load, pick_device
 
 FID_WEIGHTS = 'pt_inception-2015-12-05-6726825d.pth'
@@ -515,6 +515,8 @@ def main(argv):
     p.add_argument('--ckpt', default='')
     p.add_argument('--n', type=int, default=50000, help='samples (NeRF: test scenes, each at all its poses)')
     p.add_argument('--steps', type=int, default=1, choices=(1, 2))
+    p.add_argument('--t_mid', type=float, default=0.0,
+                   help="--steps 2: the noise level of the second step (0 = the checkpoint's, 0.821 by default)")
     p.add_argument('--ode', type=int, default=0, help='images: score n-step ODE samples instead (sample.py --ode)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--weights', default='ema', choices=('ema', 'model'), help='--ckpt: the EMA or the raw weights')
@@ -554,12 +556,13 @@ def main(argv):
             out['precision'], out['recall'], out['f1'] = precision_recall(stats[1][2][:m], stats[0][2][:m])
     elif a.ckpt:
         model, ckpt = load(a.ckpt, a.weights, dev)
-        cfg, lcfg = ckpt['config'], LossConfig(**ckpt['loss'])
+        cfg, lcfg = ckpt['config'], with_t_mid(LossConfig(**ckpt['loss']), a.t_mid)
         feats, logits, rate = sample_features(model, cfg, lcfg, a.n, a.steps, a.seed, a.batch, extractor, a.ode)
         mu, sigma, real = reference_stats(model.inr, cfg, a.ref, extractor, a.pr_n, a.cache_dir)
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
         out.update(n=len(feats), nfe=a.ode or model.inr.nfe(a.steps, lcfg), samples_per_s=rate,
-                   ref=model.inr.reference_split(a.ref)[1], features=a.features, ckpt=a.ckpt, weights=a.weights)
+                   ref=model.inr.reference_split(a.ref)[1], features=a.features, ckpt=a.ckpt, weights=a.weights,
+                   steps=a.steps, t_mid=lcfg.t_mid)
     else:
         p.error('give --ckpt or two .npz files')
     if not a.validate_shapes:

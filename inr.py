@@ -13,7 +13,7 @@ import torch.nn as nn
 from PIL import Image
 from tqdm import tqdm
 
-from losses import (T_MID, consistency_fn, encode, karras_times, ode_sample, per_image_noise, reencodes,
+from losses import (consistency_fn, encode, karras_times, ode_sample, per_image_noise, reencodes,
                     second_step_noise, t_full)
 
 
@@ -129,8 +129,8 @@ class ImageModality(Modality):
         t = t_full(lcfg.t_max, n, dev)
         image, _ = consistency_fn(net, x, x, t, grid, lcfg)
         if steps == 2:  # ECT/iCT: noise the 1-step image back to t_mid with fresh noise and apply f again
-            t = t_full(T_MID, n, dev)
-            x = image + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * second_step_noise(seeds, (3, R, R), dev)
+            t = t_full(lcfg.t_mid, n, dev)
+            x = image + math.sqrt(lcfg.t_mid ** 2 - lcfg.t_min ** 2) * second_step_noise(seeds, (3, R, R), dev)
             image, _ = consistency_fn(net, x, x, t, grid, lcfg)
         if resolution in (None, R):
             return image, image

@@ -3,6 +3,7 @@
 Everything is a pure function of (t, step) so that a resumed run repeats the uninterrupted one.
 The loss is a callable: loss_fn(net, batch, step) -> (scalar, dict of parts for logging, 0-dim tensors).
 """
+import dataclasses
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class LossConfig:
     query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: c_skip 0, c_out 1 (NeRF, see consistency_fn)
     boundary_sigma: float = 0.0 # query_skip False: > 0 keeps a narrow skip so f(x, t_min) = x exactly (c_skip)
     stage0_edm: bool = False    # stage 0 as EDM pretraining: t ~ LogNormal(EDM_P), every term weighted 1 (edm_stage)
+    t_mid: float = 0.821        # 2-step sampling: the noise level the 1-step sample is noised back to (ECT, iCT)
 
 
 EDM_P = (-1.2, 1.2)  # EDM's training LogNormal(P_mean, P_std) of t
@@ -89,7 +91,11 @@ def net_inputs(x_t, t, cfg):
 
 
 # --- sampling with the consistency function: shared by every modality ------------------------------
-T_MID = 0.821  # the second step's noise level (ECT, iCT)
+def with_t_mid(lcfg, t_mid):
+    """The loss config with another 2-step noise level (sample.py, fid.py --t_mid; 0: unchanged)."""
+    if t_mid and not lcfg.t_min < t_mid <= lcfg.t_max:
+        raise ValueError(f"--t_mid must be in ({lcfg.t_min}, {lcfg.t_max}], got {t_mid}")
+    return dataclasses.replace(lcfg, t_mid=t_mid) if t_mid else lcfg
 
 
 def t_full(t, n, device):

@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from inr import Modality, psnr, save_grid, to_device, to_float, to_uint8
-from losses import T_MID, consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
+from losses import consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
 
 
 # --- cameras and rays ----------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class NeRFINR(Modality, nn.Module):
         if steps == 2:
             x1 = self.generate_rays(model, seeds, lcfg, support_rays, support_rays)           # (n, 1, 3, R, R)
             z = second_step_noise(seeds, (1, 3, R, R), dev)
-            x, t = x1 + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * z, t_full(T_MID, n, dev)
+            x, t = x1 + math.sqrt(lcfg.t_mid ** 2 - lcfg.t_min ** 2) * z, t_full(lcfg.t_mid, n, dev)
         if reencodes(steps, lcfg):  # f at the support view holds c_skip(t_mid) of its noisy input: re-encode it
             as_rays = x.permute(0, 1, 3, 4, 2).reshape(n, R * R, 3)
             f, _ = consistency_fn(model, x, as_rays, t, query_for(support_rays, support_rays, n), lcfg)

@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from inr import AttentionINR, Modality, save_grid, to_device
-from losses import T_MID, consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
+from losses import consistency_fn, encode, per_image_noise, reencodes, second_step_noise, t_full
 from nerf import get_rays, look_at
 
 
@@ -101,8 +101,8 @@ class OccupancyINR(Modality, AttentionINR):
         t = t_full(lcfg.t_max, n, dev)
         vol, _ = consistency_fn(net, x, x, t, grid, lcfg)
         if steps == 2:
-            t = t_full(T_MID, n, dev)
-            x = vol + math.sqrt(T_MID ** 2 - lcfg.t_min ** 2) * second_step_noise(seeds, (1, R, R, R), dev)
+            t = t_full(lcfg.t_mid, n, dev)
+            x = vol + math.sqrt(lcfg.t_mid ** 2 - lcfg.t_min ** 2) * second_step_noise(seeds, (1, R, R, R), dev)
             vol, _ = consistency_fn(net, x, x, t, grid, lcfg)
         if resolution in (None, R):
             return vol, vol

@@ -18,7 +18,7 @@ import json
 import sys
 
 from data import load_split
-from losses import LossConfig
+from losses import LossConfig, with_t_mid
 import model as inrct_model
 
 
@@ -38,6 +38,8 @@ def main(argv):
     p.add_argument('--ode', type=int, default=0,
                    help='images: sample with this many Euler steps of the ODE instead (a diagnostic: the ceiling '
                         'of the denoiser behind f)')
+    p.add_argument('--t_mid', type=float, default=0.0,
+                   help="--steps 2: the noise level of the second step (0 = the checkpoint's, 0.821 by default)")
     p.add_argument('--n', type=int, default=64)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--resolution', type=int, default=0, help='render the generated INRs at this size (0 = training)')
@@ -64,6 +66,7 @@ def main(argv):
         p.error('--resolution must be >= 0 and --n >= 1')
     model, ckpt = inrct_model.load(a.ckpt, a.weights, inrct_model.pick_device(a.device))
     cfg, lcfg, step, inr = ckpt['config'], LossConfig(**ckpt['loss']), ckpt['step'], model.inr
+    lcfg = with_t_mid(lcfg, a.t_mid)
     if a.denoise:
         if not hasattr(inr, 'evaluate_denoising'):
             p.error(f"--denoise takes an image checkpoint; {a.ckpt} is a {cfg['modality']} model")

@@ -81,6 +81,7 @@ p_std = 2.0
 lambda_gene = 1.0         # loss weights of full training (Eq. 17); warm-up uses (0, 1, 0)
 lambda_recon = 1.0
 lambda_diff = 1.0
+t_mid = 0.821             # 2-step samples (training grids): noise the 1-step sample back to this t (ECT, iCT)
 seed = 0
 out_dir = 'out'
 resume = False
@@ -196,6 +197,8 @@ def check_config(cfg):
     bad += [f"--{k} must be in [0, 1), got {cfg[k]}" for k in UNIT_INTERVAL if not 0 <= cfg[k] < 1]
     if not 0 < cfg['test_fraction'] < 1:
         bad.append(f"--test_fraction must be in (0, 1), got {cfg['test_fraction']}")
+    if not LossConfig.t_min < cfg['t_mid'] <= LossConfig.t_max:
+        bad.append(f"--t_mid must be in ({LossConfig.t_min}, {LossConfig.t_max}], got {cfg['t_mid']}")
     if cfg['near'] >= cfg['far']:
         bad.append(f"--near {cfg['near']} must be below --far {cfg['far']}")
     if cfg['resolution'] >= 1 and cfg['patch'] >= 1 and cfg['resolution'] % cfg['patch']:
@@ -217,7 +220,7 @@ def loss_config(cfg):
                       stage0_iters=cfg['ect_stage0'], max_stage=cfg['ect_max_stage'], weighting=cfg['weighting'],
                       shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], metric=cfg['metric'],
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
-                      P_mean=cfg['p_mean'], P_std=cfg['p_std'], stage0_edm=cfg['stage0_edm'],
+                      P_mean=cfg['p_mean'], P_std=cfg['p_std'], stage0_edm=cfg['stage0_edm'], t_mid=cfg['t_mid'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 

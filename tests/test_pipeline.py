@@ -280,6 +280,29 @@ def test_two_step_image_inr_is_reencoded_only_under_eq12(query_skip, boundary_si
     assert big.shape == (2, 3, 48, 48) and grid_img.shape == (2, 3, 32, 32)
 
 
+def test_t_mid_sets_the_second_step_noise_level_and_nothing_else():
+    """--t_mid moves the second encode to that t; the first step and the 1-step samples stay as they were, and a
+    level outside (t_min, T] is refused by the sampling scripts and by train.py alike."""
+    import math
+    from losses import with_t_mid
+    model, _, lcfg = tiny_image(False, 0.02)
+    calls, encode = [], model.encode
+    model.encode = lambda x, c, q=None: calls.append(math.exp(4 * c[0].item())) or encode(x, c, q)
+    two = model.inr.generate(model, [3, 4], 2, lcfg)[0]
+    two_late = model.inr.generate(model, [3, 4], 2, with_t_mid(lcfg, 2.0))[0]
+    one = model.inr.generate(model, [3, 4], 1, with_t_mid(lcfg, 2.0))[0]
+    model.encode = encode
+    assert calls == pytest.approx([80.0, 0.821, 80.0, 2.0, 80.0], rel=1e-5)
+    assert torch.equal(one, model.inr.generate(model, [3, 4], 1, lcfg)[0])
+    assert (two - two_late).abs().max() > 1e-3
+    assert with_t_mid(lcfg, 0) is lcfg
+    for bad in (0.002, 81.0):
+        with pytest.raises(ValueError, match='--t_mid must be in'):
+            with_t_mid(lcfg, bad)
+        with pytest.raises(ValueError, match='--t_mid must be in'):
+            train.parse_config(['--t_mid', str(bad)])
+
+
 def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_path):
     """sample.py --denoise: at t_min f is the noisy input itself under Eq. 12 (shifted c_skip = 1) and with the
     boundary skip, the render alone without either; the noisy input's PSNR falls with t as -20 log10(t) + const."""
@@ -311,15 +334,17 @@ def test_fid_of_a_checkpoint_equals_fid_of_its_npz_samples(trained_ckpt, tmp_pat
     and compared as a sample set give the same pixel FD, and its reference statistics are cached."""
     import fid
     js, cache = str(tmp_path / 'f.json'), str(tmp_path / 'cache')
-    args = ['--n', '40', '--batch', '16', '--steps', '2', '--features', 'pixels', '--ref', 'test', '--json', js]
+    args = ['--n', '40', '--batch', '16', '--steps', '2', '--t_mid', '1.5', '--features', 'pixels', '--ref', 'test',
+            '--json', js]
     with pytest.warns(UserWarning):  # fewer samples than the 768 pixel features
         fid.main(['--ckpt', trained_ckpt, '--cache_dir', cache, *args])
     m = json.load(open(js))
     assert m['n'] == 40 and m['nfe'] == 2 and m['samples_per_s'] > 0 and 0 <= m['precision'] <= 1
+    assert m['t_mid'] == 1.5 and m['steps'] == 2
     ref, = [os.path.join(cache, f) for f in os.listdir(cache) if f.startswith('ref_shapes_test_32_pixels_')]
     npz = str(tmp_path / 's.npz')
-    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--n', '40', '--steps', '2', '--npz', npz,
-             '--out', str(tmp_path / 's.png')])
+    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--n', '40', '--steps', '2', '--t_mid', '1.5',
+             '--npz', npz, '--out', str(tmp_path / 's.png')])
     assert r.returncode == 0, r.stderr[-2000:]
     with pytest.warns(UserWarning):
         fid.main([npz, ref, '--features', 'pixels', '--json', js])
