@@ -91,10 +91,15 @@ def net_inputs(x_t, t, cfg):
 
 
 # --- sampling with the consistency function: shared by every modality ------------------------------
+def t_mid_error(t_mid, lcfg=LossConfig):
+    """What is wrong with a 2-step noise level outside (t_min, t_max] ('' when nothing is)."""
+    return '' if lcfg.t_min < t_mid <= lcfg.t_max else f"--t_mid must be in ({lcfg.t_min}, {lcfg.t_max}], got {t_mid}"
+
+
 def with_t_mid(lcfg, t_mid):
     """The loss config with another 2-step noise level (sample.py, fid.py --t_mid; 0: unchanged)."""
-    if t_mid and not lcfg.t_min < t_mid <= lcfg.t_max:
-        raise ValueError(f"--t_mid must be in ({lcfg.t_min}, {lcfg.t_max}], got {t_mid}")
+    if t_mid and t_mid_error(t_mid, lcfg):
+        raise ValueError(t_mid_error(t_mid, lcfg))
     return dataclasses.replace(lcfg, t_mid=t_mid) if t_mid else lcfg
 
 

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import DATASETS, load_split, step_generator, step_loader
-from losses import INRCTLoss, LossConfig, RAdam, train_step
+from losses import INRCTLoss, LossConfig, RAdam, t_mid_error, train_step
 from model import MODALITIES, INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -197,8 +197,7 @@ def check_config(cfg):
     bad += [f"--{k} must be in [0, 1), got {cfg[k]}" for k in UNIT_INTERVAL if not 0 <= cfg[k] < 1]
     if not 0 < cfg['test_fraction'] < 1:
         bad.append(f"--test_fraction must be in (0, 1), got {cfg['test_fraction']}")
-    if not LossConfig.t_min < cfg['t_mid'] <= LossConfig.t_max:
-        bad.append(f"--t_mid must be in ({LossConfig.t_min}, {LossConfig.t_max}], got {cfg['t_mid']}")
+    bad += [e for e in [t_mid_error(cfg['t_mid'])] if e]
     if cfg['near'] >= cfg['far']:
         bad.append(f"--near {cfg['near']} must be below --far {cfg['far']}")
     if cfg['resolution'] >= 1 and cfg['patch'] >= 1 and cfg['resolution'] % cfg['patch']:
