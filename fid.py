@@ -470,13 +470,17 @@ def weights_hash(net):
     return h.hexdigest()[:16]
 
 
-def sample_features(model, cfg, lcfg, n, steps, seed, batch, extractor, ode=0):
+def sample_features(model, cfg, lcfg, n, steps, seed, batch, extractor, ode=0, encoded=''):
     """Features (and logits) of n generated samples with per-sample seeds, streamed batch by batch, and the
     samples/s of the generator alone (feature extraction not counted). What a sample is, is the modality's
     (model.inr.sample_arrays): n images, or for a NeRF the mNIF protocol, one generated object per test scene
-    (up to n scenes) rendered at all of that scene's test poses (SRN Cars: 704 x 251 images)."""
-    data = load_split(cfg) if model.inr.generates_from_data else None
-    chunks = model.inr.sample_arrays(model, data, lcfg, n, seed, steps, batch, 0, ode)
+    (up to n scenes) rendered at all of that scene's test poses (SRN Cars: 704 x 251 images). encoded (a split
+    name): encode -> render of its first n images instead, no generation."""
+    if encoded:  # the render's ceiling: reconstructions of the other split than the reference
+        chunks = model.inr.encoded_arrays(model, load_split(cfg, encoded), lcfg, n, batch)
+    else:
+        data = load_split(cfg) if model.inr.generates_from_data else None
+        chunks = model.inr.sample_arrays(model, data, lcfg, n, seed, steps, batch, 0, ode)
     feats, logits, seconds, count = [], [], 0.0, 0
     while True:
         t0 = time.time()
@@ -518,6 +522,9 @@ def main(argv):
     p.add_argument('--t_mid', type=float, default=0.0,
                    help="--steps 2: the noise level of the second step (0 = the checkpoint's, 0.821 by default)")
     p.add_argument('--ode', type=int, default=0, help='images: score n-step ODE samples instead (sample.py --ode)')
+    p.add_argument('--encoded', action='store_true',
+                   help="images: score encode -> render of the other split than --ref instead of samples (the "
+                        "ceiling the INR's own render sets on generation)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--weights', default='ema', choices=('ema', 'model'), help='--ckpt: the EMA or the raw weights')
     p.add_argument('--batch', type=int, default=500)
@@ -557,12 +564,16 @@ def main(argv):
     elif a.ckpt:
         model, ckpt = load(a.ckpt, a.weights, dev)
         cfg, lcfg = ckpt['config'], with_t_mid(LossConfig(**ckpt['loss']), a.t_mid)
-        feats, logits, rate = sample_features(model, cfg, lcfg, a.n, a.steps, a.seed, a.batch, extractor, a.ode)
+        if a.encoded and not hasattr(model.inr, 'encoded_arrays'):
+            p.error(f"--encoded takes an image checkpoint; {a.ckpt} is a {cfg['modality']} model")
+        encoded = {'train': 'test', 'test': 'train'}[a.ref] if a.encoded else ''
+        feats, logits, rate = sample_features(model, cfg, lcfg, a.n, a.steps, a.seed, a.batch, extractor, a.ode,
+                                              encoded)
         mu, sigma, real = reference_stats(model.inr, cfg, a.ref, extractor, a.pr_n, a.cache_dir)
         out = evaluate(feats, logits, mu, sigma, real[:a.pr_n], a.features)
         out.update(n=len(feats), nfe=a.ode or model.inr.nfe(a.steps, lcfg), samples_per_s=rate,
                    ref=model.inr.reference_split(a.ref)[1], features=a.features, ckpt=a.ckpt, weights=a.weights,
-                   steps=a.steps, t_mid=lcfg.t_mid)
+                   steps=a.steps, t_mid=lcfg.t_mid, encoded=encoded or False)
     else:
         p.error('give --ckpt or two .npz files')
     if not a.validate_shapes:

@@ -72,6 +72,7 @@ class Modality:
       write_progress                                train.py: PNG grids and (score name, test score) during training
       evaluate_encoding, write_samples              sample.py --encode / the default
       sample_arrays, reference_split/_arrays, nfe   fid.py: generated and real uint8 arrays for the metrics
+      encoded_arrays (images only)                  fid.py --encoded: reconstructions scored as samples
     `model` is the whole INRCT (hyper-network + this INR); `cfg` of train_batch is the training config, `lcfg`
     elsewhere the LossConfig a checkpoint was trained with."""
     data_kind = 'images'          # what a dataset must hold: its `data_kind` ('images' when it has none)
@@ -200,18 +201,22 @@ class ImageModality(Modality):
 
     @torch.no_grad()
     def evaluate_denoising(self, model, dataset, lcfg, ts=(0.01, 0.0865, 0.3, 0.821, 2.0, 10.0, 80.0), limit=64,
-                           seed=0):
+                           seed=0, out_png=None):
         """PSNR of f(x + t z, t) against x on the first `limit` images, next to the noisy x + t z itself and the
-        split's mean image: how well the consistency function denoises at each t."""
+        split's mean image: how well the consistency function denoises at each t. out_png: a grid of the first 8
+        images, then per t a row of noisy inputs and a row of f (where the shapes are lost, not only how much)."""
         dev = next(model.parameters()).device
         x = to_float(dataset.get(range(min(limit, len(dataset))))).to(dev)
         grid, g = make_grid(self.resolution, self.resolution, dev), torch.Generator(device=dev).manual_seed(seed)
         mean = psnr(x.mean(0, keepdim=True).expand_as(x), x).mean().item()
-        rows = []
+        rows, picture = [], [x[:8]]
         for t_ in ts:
             x_t = x + t_ * torch.randn(x.shape, generator=g, device=dev)
             f, _ = consistency_fn(model, x_t, x_t, t_full(t_, len(x), dev), grid, lcfg)  # the f that training fits
             rows.append({'t': t_, 'psnr_f': psnr(f, x).mean().item(), 'psnr_noisy': psnr(x_t, x).mean().item()})
+            picture += [x_t[:8], f[:8]]
+        if out_png:
+            save_grid(to_uint8(torch.cat(picture)), out_png, nrow=len(picture[0]))
         return {'n_images': len(x), 'psnr_mean_image': mean, 'by_t': rows}
 
     def sample_arrays(self, model, dataset, lcfg, n, seed, steps, batch=256, resolution=0, ode=0):
@@ -223,6 +228,16 @@ class ImageModality(Modality):
             img = (self.generate_ode(model, seeds, ode, lcfg) if ode else
                    self.generate(model, seeds, steps, lcfg, resolution or None)[1])
             yield to_uint8(img).cpu().numpy()
+
+    @torch.no_grad()
+    def encoded_arrays(self, model, dataset, lcfg, n, batch=256):
+        """encode -> render of the first n images of dataset, uint8 (b, H, W, 3) batch by batch: scored like samples,
+        the ceiling the INR's own render sets on generation (fid.py --encoded)."""
+        dev = next(model.parameters()).device
+        grid = make_grid(self.resolution, self.resolution, dev)
+        for i in tqdm(range(0, min(n, len(dataset)), batch), desc='encoded images'):
+            x = to_float(dataset.get(range(i, min(i + batch, n, len(dataset))))).to(dev)
+            yield to_uint8(model.inr.render(encode(model, x, lcfg), grid, 4096)).cpu().numpy()
 
     def reference_split(self, split):
         """(the split a metric's real side is drawn from, how the JSON names it): the one asked for."""

@@ -50,7 +50,8 @@ def main(argv):
     p.add_argument('--device', default='auto')
     p.add_argument('--encode', action='store_true', help='encode the test split and report PSNR')
     p.add_argument('--denoise', action='store_true',
-                   help='images: PSNR of f(x + t z, t) on 64 test images for t from 0.01 to 80 (--json writes it)')
+                   help='images: PSNR of f(x + t z, t) on 64 test images for t from 0.01 to 80 (--json writes it) and a '
+                        'grid of 8 of them (OUT with _denoise.png)')
     p.add_argument('--limit', type=int, default=0,
                    help='at most this many images/scenes: of --split for --encode, of the test split for NeRF '
                         '--npz (0 = all) and for --denoise (0 = 64)')
@@ -70,10 +71,12 @@ def main(argv):
     if a.denoise:
         if not hasattr(inr, 'evaluate_denoising'):
             p.error(f"--denoise takes an image checkpoint; {a.ckpt} is a {cfg['modality']} model")
-        out = inr.evaluate_denoising(model, load_split(cfg), lcfg, limit=a.limit or 64)
+        png = a.out.replace('.png', '_denoise.png')
+        out = inr.evaluate_denoising(model, load_split(cfg), lcfg, limit=a.limit or 64, out_png=png)
         for row in out['by_t']:
             print(f"t {row['t']:7g}: f {row['psnr_f']:6.2f} dB   noisy input {row['psnr_noisy']:6.2f} dB")
         print(f"the test images' mean image: {out['psnr_mean_image']:.2f} dB ({out['n_images']} images, step {step})")
+        print(f"{png}: 8 test images, then per t (rows, top to bottom) the noisy input and f")
         write_json(out, a, step)
     elif a.score:
         if not hasattr(inr, 'evaluate_generation'):

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -306,10 +307,16 @@ def test_t_mid_sets_the_second_step_noise_level_and_nothing_else():
 def test_denoise_reports_f_against_the_noisy_input_at_each_t(trained_ckpt, tmp_path):
     """sample.py --denoise: at t_min f is the noisy input itself under Eq. 12 (shifted c_skip = 1) and with the
     boundary skip, the render alone without either; the noisy input's PSNR falls with t as -20 log10(t) + const."""
-    js = str(tmp_path / 'd.json')
-    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--denoise', '--limit', '8', '--json', js])
+    js, png = str(tmp_path / 'd.json'), str(tmp_path / 's_denoise.png')
+    r = run([sys.executable, 'sample.py', '--ckpt', trained_ckpt, '--denoise', '--limit', '8', '--json', js,
+             '--out', str(tmp_path / 's.png')])
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.load(open(js))
+    picture = np.asarray(Image.open(png))  # 8 images across; the clean row, then noisy and f rows for 7 t
+    assert picture.shape == (15 * 34 + 2, 8 * 34 + 2, 3)
+    clean = load_split(torch.load(trained_ckpt, weights_only=True)['config']).get(range(8)).numpy()
+    assert np.abs(picture[2:34, 2:34].astype(int) - clean[0]).max() <= 1
+    assert np.abs(picture[2:34, 2 + 7 * 34:2 + 7 * 34 + 32].astype(int) - clean[7]).max() <= 1
     assert out['n_images'] == 8 and [row['t'] for row in out['by_t']] == [0.01, 0.0865, 0.3, 0.821, 2.0, 10.0, 80.0]
     noisy = [row['psnr_noisy'] for row in out['by_t']]
     assert noisy[0] - noisy[1] == pytest.approx(20 * np.log10(8.65), abs=0.5)  # no clipping yet at these t
@@ -349,6 +356,33 @@ def test_fid_of_a_checkpoint_equals_fid_of_its_npz_samples(trained_ckpt, tmp_pat
     with pytest.warns(UserWarning):
         fid.main([npz, ref, '--features', 'pixels', '--json', js])
     assert json.load(open(js))['fd_pixels'] == pytest.approx(m['fd_pixels'], rel=1e-6)
+
+
+def test_fid_encoded_scores_reconstructions_of_the_other_split(trained_ckpt, tmp_path):
+    """fid.py --encoded: the reconstructions of the split other than --ref, scored as a sample set: the same FD as
+    encode -> render of those images written to an npz by hand, and their PSNR is sample.py --encode's."""
+    import fid
+    from inr import make_grid, psnr, to_float, to_uint8
+    js, cache = str(tmp_path / 'f.json'), str(tmp_path / 'cache')
+    with pytest.warns(UserWarning):  # fewer samples than the 768 pixel features
+        fid.main(['--ckpt', trained_ckpt, '--encoded', '--n', '40', '--batch', '16', '--features', 'pixels',
+                  '--ref', 'test', '--cache_dir', cache, '--json', js])
+    m = json.load(open(js))
+    assert m['encoded'] == 'train' and m['n'] == 40
+    model, cfg, lcfg, _ = load(trained_ckpt)
+    train_split = load_split(cfg, 'train')
+    x = to_float(train_split.get(range(40)))
+    with torch.no_grad():
+        rec = model.inr.render(losses.encode(model, x, lcfg), make_grid(32, 32), 4096)
+    npz = str(tmp_path / 'r.npz')
+    np.savez(npz, samples=to_uint8(rec).numpy())
+    ref, = [os.path.join(cache, f) for f in os.listdir(cache) if f.startswith('ref_shapes_test_32_pixels_')]
+    with pytest.warns(UserWarning):
+        fid.main([npz, ref, '--features', 'pixels', '--json', js])
+    assert json.load(open(js))['fd_pixels'] == pytest.approx(m['fd_pixels'], rel=1e-5)
+    enc = model.inr.evaluate_encoding(model, train_split, lcfg, limit=40)['psnr']
+    got = np.concatenate(list(model.inr.encoded_arrays(model, train_split, lcfg, 40, batch=16)))
+    assert psnr(to_float(torch.from_numpy(got)), x).mean().item() == pytest.approx(enc, abs=0.1)
 
 
 def test_encode_reports_finite_psnr_with_documented_keys(trained_ckpt, tmp_path):
