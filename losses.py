@@ -98,8 +98,9 @@ def t_mid_error(t_mid, lcfg=LossConfig):
 
 def with_t_mid(lcfg, t_mid):
     """The loss config with another 2-step noise level (sample.py, fid.py --t_mid; 0: unchanged)."""
-    if t_mid and t_mid_error(t_mid, lcfg):
-        raise ValueError(t_mid_error(t_mid, lcfg))
+    error = t_mid and t_mid_error(t_mid, lcfg)
+    if error:
+        raise ValueError(error)
     return dataclasses.replace(lcfg, t_mid=t_mid) if t_mid else lcfg
 
 
