@@ -34,7 +34,7 @@ class HyperConfig:
     inr_tokens: int = 256      # number of INR tokens in beta
     inr_token_dim: int = 512   # width of one INR token
     dropout: float = 0.0
-    local_gate: bool = True    # scale the local query start by the input's signal fraction (local_features)
+    local_gate: float = 1.0    # the local query start is scaled by the input's signal share to this power; 0: unscaled
     sigma_data: float = 0.5    # the data scale that signal fraction uses (train.py's sigma_data)
     time_embed: str = 'positional'  # 'positional' (EDM: sinusoids of c_noise) | 'fourier' (iCT: random frequencies)
     time_scale: float = 1.0    # positional: c_noise is multiplied by this; fourier: std of the frequencies (rad per unit c_noise)
@@ -240,17 +240,20 @@ class HyperNetwork(nn.Module):
         return f.flatten(2).transpose(1, 2)                                         # (B, K, D)
 
     def local_gate(self, c_noise):
-        """sigma_data^2 / (t^2 + sigma_data^2), the share of c_in(t) O_t's variance that is signal: (B, 1, 1).
+        """(sigma_data^2 / (t^2 + sigma_data^2)) ** local_gate, the share of c_in(t) O_t's variance that is signal
+        raised to a power: (B, 1, 1).
 
         The encoder's residual stream carries embed(c_in O_t) to its output whatever t is (adaLN-Zero only gates
         the branches), and local_features copies it into the INR tokens, so at t = 80 the noise itself was drawn
-        (1-step samples were coloured noise). The gate is 1 where training encodes (t < 0.0865: > 0.97) and
-        ~0 at t = 80 (4e-5), where beta comes from the queries and cross-attention alone, as in the paper.
+        (1-step samples were coloured noise). The gate is ~1 where training encodes (t < 0.0865) and ~0 at t = 80,
+        where beta comes from the queries and cross-attention alone, as in the paper. Power 1 also damps the local
+        start at mid t (0.2 at t = 1), where the shapes are still plain in the input; 0.5 damps it less there.
         """
         if not self.cfg.local_gate:
             return 1.0
         t = torch.exp(4 * c_noise)  # c_noise = ln(t) / 4 (EDM), the network's noise-level input
-        return (self.cfg.sigma_data ** 2 / (t ** 2 + self.cfg.sigma_data ** 2))[:, None, None]
+        share = self.cfg.sigma_data ** 2 / (t ** 2 + self.cfg.sigma_data ** 2)
+        return (share ** float(self.cfg.local_gate))[:, None, None]
 
     def forward(self, tokens, c_noise):
         L = tokens.shape[1]
@@ -290,15 +293,15 @@ MODALITIES = ('image', 'nerf', 'occupancy')  # what build_model can build; each 
 
 
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
-                near=0.8, far=1.8, n_samples=64, local_gate=True, sigma_data=0.5, time_embed='positional',
-                time_scale=1.0, inr='anr'):
+                near=0.8, far=1.8, n_samples=64, local_gate=1.0, sigma_data=0.5, time_embed='positional',
+                time_scale=1.0, inr='anr', inr_tokens=0):
     """The INRCT model for a named preset at a training resolution; modality 'image' (inr 'anr' or 'pixels'), 'nerf'
-    or 'occupancy' (resolution^3 voxel grids, patch^3 tokens)."""
+    or 'occupancy' (resolution^3 voxel grids, patch^3 tokens). inr_tokens > 0 replaces the preset's token count."""
     if preset not in INRCT_models:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(INRCT_models)}")
     if resolution % patch:
         raise ValueError(f"resolution {resolution} is not a multiple of patch {patch}")
-    p = INRCT_models[preset]
+    p = {**INRCT_models[preset], **({'inr_tokens': inr_tokens} if inr_tokens else {})}
     if modality == 'image' and inr == 'pixels':
         inr = PixelINR(token_dim=p['inr_token_dim'], tokens=p['inr_tokens'], resolution=resolution, patch=patch)
         token_dim, tokens = 3 * patch * patch, p['inr_tokens']

@@ -44,8 +44,9 @@ pe_sigma = 32.0           # highest positional-encoding frequency of the image I
 dropout = 0.0
 time_embed = 'positional' # noise-level features: 'positional' (EDM, sinusoids of c_noise) | 'fourier' (iCT)
 time_scale = 1.0          # positional: c_noise multiplier (1000 = DiT's integer-step ladder); fourier: frequency std
+inr_tokens = 0            # number of INR tokens; 0: the preset's (tiny: 64, one per 4 x 4 pixels at 32^2)
 inr = 'anr'               # images: 'anr' (the ANR INR) | 'pixels' (tokens -> patches: pixel-space ECT, the baseline)
-local_gate = True         # decoder queries start from the encoder's local features scaled by the signal share (model)
+local_gate = 1.0          # decoder queries start from the encoder's local features scaled by the signal share to this power; 0: off
 near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8 / 1.8)
 far = 1.8
 n_samples = 64
@@ -98,7 +99,7 @@ upgrade_checkpoint = ''   # PATH: give an older checkpoint its model and loss se
 # -----------------------------------------------------------------------------
 # architecture keys: a checkpoint can only be resumed or sampled with the same values
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
-ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'time_embed', 'time_scale')
+ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'inr_tokens', 'time_embed', 'time_scale')
 
 
 def defaults():
@@ -178,7 +179,7 @@ CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels')
            'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'metric': ('l2', 'mse'), 'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
+NON_NEGATIVE = ('inr_tokens', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
                 'stage0_lr', 'grad_clip', 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff',
                 'max_minutes')
 POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
@@ -229,14 +230,15 @@ def model_args(cfg):
     return dict(preset=cfg['preset'], resolution=cfg['resolution'], patch=cfg['patch'], pe_sigma=cfg['pe_sigma'],
                 dropout=cfg['dropout'], modality=cfg['modality'], near=cfg['near'], far=cfg['far'],
                 n_samples=cfg['n_samples'], local_gate=cfg['local_gate'], sigma_data=cfg['sigma_data'],
-                time_embed=cfg['time_embed'], time_scale=cfg['time_scale'], inr=cfg['inr'])
+                time_embed=cfg['time_embed'], time_scale=cfg['time_scale'], inr=cfg['inr'], inr_tokens=cfg['inr_tokens'])
 
 
 def load_checkpoint(path, cfg=None):
     """Load a checkpoint on CPU; with cfg, refuse one whose architecture keys differ."""
     ckpt = read_checkpoint(path)
     if cfg is not None:
-        diff = {k: (ckpt['config'].get(k), cfg[k]) for k in ARCH_KEYS if ckpt['config'].get(k) != cfg[k]}
+        old = {**defaults(), **ckpt['config']}  # a key newer than the checkpoint had its default's meaning
+        diff = {k: (old[k], cfg[k]) for k in ARCH_KEYS if old[k] != cfg[k]}
         if diff:
             raise ValueError(f"checkpoint {path} was trained with another config "
                              + ', '.join(f"{k}={a!r} (now {b!r})" for k, (a, b) in diff.items())

@@ -46,7 +46,7 @@ def test_local_query_start_is_scaled_by_the_signal_share_of_the_input():
     for block in gated.hyper.encoder:  # leave the zero init so the encoder output depends on t
         torch.nn.init.normal_(block.ada[-1].weight, std=0.05)
     plain = copy.deepcopy(gated)
-    plain.hyper.cfg.local_gate = False
+    plain.hyper.cfg.local_gate = 0.0
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([0.002, 80.0])
     c = torch.log(t) / 4
     assert torch.allclose(gated.hyper.local_gate(c).flatten(), 0.25 / (t ** 2 + 0.25), rtol=1e-6)
@@ -57,6 +57,9 @@ def test_local_query_start_is_scaled_by_the_signal_share_of_the_input():
     assert effect.min() > 0.1 * b_plain.abs().max()
     assert (b_gated[0] - b_plain[0]).abs().max() < 1e-3 * effect[0]  # t_min: the ungated model
     assert (b_gated[1] - b_none[1]).abs().max() < 1e-2 * effect[1]   # T: as if there were no local start
+    for power in (0.5, 2.0):  # local_gate is the power of the share: 0.5 damps mid t less, 2 more
+        gated.hyper.cfg.local_gate = power
+        assert torch.allclose(gated.hyper.local_gate(c).flatten(), (0.25 / (t ** 2 + 0.25)) ** power, rtol=1e-5)
 
 
 def test_wrong_resolution_is_a_clear_error():

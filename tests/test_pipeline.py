@@ -178,6 +178,19 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         train.load_checkpoint(path, cfg)
 
 
+def test_an_architecture_key_newer_than_the_checkpoint_reads_as_its_default(tmp_path):
+    """A checkpoint written before inr_tokens existed resumes with the default 0 and is refused with another."""
+    path = str(tmp_path / 'ckpt.pt')
+    cfg = train.parse_config([])
+    old = {k: v for k, v in cfg.items() if k != 'inr_tokens'}
+    train.save_checkpoint({'config': old}, path)
+    assert train.load_checkpoint(path, cfg)['config'] == old
+    with pytest.raises(ValueError, match='inr_tokens=0 .now 144.'):
+        train.load_checkpoint(path, dict(cfg, inr_tokens=144))
+    m = inrct_model.build_model('tiny', 32, 4, 32.0, inr_tokens=144)
+    assert m.hyper.queries.shape[0] == 144 and m.inr.tau == 0.384 / 144
+
+
 # --- sampling and encoding -------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def trained_ckpt(tmp_path_factory):
