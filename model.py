@@ -241,7 +241,7 @@ class HyperNetwork(nn.Module):
 
     def local_gate(self, c_noise):
         """(sigma_data^2 / (t^2 + sigma_data^2)) ** local_gate, the share of c_in(t) O_t's variance that is signal
-        raised to a power: (B, 1, 1).
+        raised to a power (0: ones, no gate): (B, 1, 1).
 
         The encoder's residual stream carries embed(c_in O_t) to its output whatever t is (adaLN-Zero only gates
         the branches), and local_features copies it into the INR tokens, so at t = 80 the noise itself was drawn
@@ -249,8 +249,6 @@ class HyperNetwork(nn.Module):
         where beta comes from the queries and cross-attention alone, as in the paper. Power 1 also damps the local
         start at mid t (0.2 at t = 1), where the shapes are still plain in the input; 0.5 damps it less there.
         """
-        if not self.cfg.local_gate:
-            return 1.0
         t = torch.exp(4 * c_noise)  # c_noise = ln(t) / 4 (EDM), the network's noise-level input
         share = self.cfg.sigma_data ** 2 / (t ** 2 + self.cfg.sigma_data ** 2)
         return (share ** float(self.cfg.local_gate))[:, None, None]

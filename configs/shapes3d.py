@@ -18,7 +18,7 @@ lambda_recon = 10.0
 lambda_diff = 10.0
 query_skip = False # f = the render alone: the query view's noise is nothing the network sees; lambda_diff 10
                    # anchors f(x, ~0) = O_q instead (docs/nerf.md)
-local_gate = 0.0 # ungated here: the gate left 2-step orbits muted with floaters (docs/nerf.md)
+local_gate = 0.0   # ungated here: the gate left 2-step orbits muted with floaters (docs/nerf.md)
 ema_decay = 0.995
 log_interval = 100
 sample_interval = 400

@@ -13,7 +13,7 @@ near = 0.8
 far = 1.8
 sigma_data = 1.0         # a NeRF renders in [-1, 1]: c_out(80) must be ~1, not 0.5, or generated objects
                          # can only reach half the colour range (docs/nerf.md)
-local_gate = 0.0       # as configs/shapes3d.py (measured there, not yet on SRN Cars)
+local_gate = 0.0         # as configs/shapes3d.py (measured there, not yet on SRN Cars)
 lr = 1e-4
 max_iters = 115_000      # 6,000 epochs x 2,458 objects / 128
 warmup_iters = 19_200    # 1,000 epochs

@@ -1,7 +1,7 @@
 """At which noise level does a checkpoint lose the shapes? Start from real train images noised to t_start (SDEdit),
 finish with the checkpoint (the ODE with f as denoiser, or one f step), and score the results in a feature space
-against the test split (each set written as an npz and scored by fid.py). Near t_start = 0 the result is the train image itself (recall of real images); at t_max it
-is plain sampling. The t_start where recall falls says which part of the noise range the network cannot yet draw.
+against the test split (each set written as an npz and scored by fid.py). Near t_start = 0 the result is the train
+image itself (recall of real images); at t_max it is plain sampling. The t_start where recall falls says which part of the noise range the network cannot yet draw.
 
     python tools/noise_level_probe.py --ckpt CKPT [--mode ode|f] [--starts 0.05 0.2 0.5 1 2 5 10 80] [--n 500]
 """
@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from data import load_split  # noqa: E402
 from inr import make_grid, to_float, to_uint8  # noqa: E402
 from losses import LossConfig, consistency_fn, karras_times, ode_sample, per_image_noise, t_full  # noqa: E402
 from model import load  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @torch.no_grad()
@@ -43,7 +42,7 @@ def main(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--ckpt', required=True)
     p.add_argument('--mode', default='ode', choices=('ode', 'f'))
-    p.add_argument('--starts', type=float, nargs='+', default=[0.2, 0.5, 1, 2, 5, 10, 80])
+    p.add_argument('--starts', type=float, nargs='+', default=[0.05, 0.2, 0.5, 1, 2, 5, 10, 80])
     p.add_argument('--n', type=int, default=500)
     p.add_argument('--ode_steps', type=int, default=32)
     p.add_argument('--features', default='shapes', choices=('shapes', 'pixels'))
@@ -52,8 +51,8 @@ def main(argv):
     model, ckpt = load(a.ckpt)
     cfg, lcfg = ckpt['config'], LossConfig(**ckpt['loss'])
     train, test = load_split(cfg, 'train'), load_split(cfg, 'test')
-    rows, tmp = {}, tempfile.mkdtemp()
-    ref = os.path.join(tmp, 'test.npz')
+    rows, tmp = {}, tempfile.TemporaryDirectory()
+    ref = os.path.join(tmp.name, 'test.npz')
     np.savez(ref, samples=test.get(range(min(a.n, len(test)))).numpy())
     for t_start in a.starts:
         images = []
@@ -61,7 +60,7 @@ def main(argv):
             idx = list(range(i, min(i + 250, a.n)))
             out = finish(model, lcfg, to_float(train.get(idx)), idx, t_start, a.mode, a.ode_steps)
             images.append(to_uint8(out).numpy())
-        path, scores = os.path.join(tmp, f'{t_start:g}.npz'), os.path.join(tmp, f'{t_start:g}.json')
+        path, scores = (os.path.join(tmp.name, f'{t_start:g}.{ext}') for ext in ('npz', 'json'))
         np.savez(path, samples=np.concatenate(images))
         subprocess.run([sys.executable, os.path.join(ROOT, 'fid.py'), path, ref, '--features', a.features,
                         '--json', scores], check=True, stdout=subprocess.DEVNULL)
