@@ -15,11 +15,18 @@ What each modality draws and writes is its INR's (inr.ImageModality, nerf.NeRFIN
 """
 import argparse
 import json
+import os
 import sys
 
 from data import load_split
 from losses import LossConfig, with_t_mid
 import model as inrct_model
+
+
+def beside(out, suffix):
+    """The grid a mode writes next to --out: samples.png -> samples_encode.png (any extension, only the last one)."""
+    stem, ext = os.path.splitext(out)
+    return f'{stem}_{suffix}{ext or ".png"}'
 
 
 def write_json(metrics, a, step):
@@ -71,7 +78,7 @@ def main(argv):
     if a.denoise:
         if not hasattr(inr, 'evaluate_denoising'):
             p.error(f"--denoise takes an image checkpoint; {a.ckpt} is a {cfg['modality']} model")
-        png = a.out.replace('.png', '_denoise.png')
+        png = beside(a.out, 'denoise')
         out = inr.evaluate_denoising(model, load_split(cfg), lcfg, limit=a.limit or 64, out_png=png)
         for row in out['by_t']:
             print(f"t {row['t']:7g}: f {row['psnr_f']:6.2f} dB   noisy input {row['psnr_noisy']:6.2f} dB")
@@ -84,7 +91,7 @@ def main(argv):
         out = inr.evaluate_generation(model, load_split(cfg, 'train'), load_split(cfg), lcfg, a.limit, a.seed, a.steps)
         print(json.dumps(write_json(out, a, step), indent=1))
     elif a.encode:
-        out = inr.evaluate_encoding(model, load_split(cfg, a.split), lcfg, a.limit, a.out.replace('.png', '_encode.png'),
+        out = inr.evaluate_encoding(model, load_split(cfg, a.split), lcfg, a.limit, beside(a.out, 'encode'),
                                     a.support_view)
         print(json.dumps(write_json({**out, 'split': a.split}, a, step), indent=1))
     else:
