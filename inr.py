@@ -63,6 +63,13 @@ def patchify(images, resolution, p):
 MODALITY_FOR = {'images': 'image', 'scenes': 'nerf', 'voxels': 'occupancy'}  # a dataset's data_kind -> --modality
 
 
+def denoiser(model, lcfg, resolution, device=None):
+    """(x, t) -> f(x, x, t) on the training grid: the consistency function used as a plain denoiser (the ODE,
+    the denoising grid, tools/noise_level_probe.py)."""
+    grid = make_grid(resolution, resolution, device)
+    return lambda x, t: consistency_fn(model, x, x, t_full(t, len(x), device), grid, lcfg)[0]
+
+
 class Modality:
     """What train.py, sample.py and fid.py ask of an INR; they call only these methods (model.inr.<name>), so a new
     modality is a new INR class with the same methods (ImageModality below, nerf.NeRFINR):
@@ -147,13 +154,9 @@ class ImageModality(Modality):
         """A diagnostic, not the method: n_steps of the ODE with the consistency function as the denoiser. After a
         stage-0 run (r = 0, f fits the clean image at every t) this is plain diffusion sampling: the ceiling that
         1- and 2-step consistency samples of the same network can at best reach."""
-        dev = next(model.parameters()).device
-        R = self.resolution
-        grid = make_grid(R, R, dev)
-
-        def denoise(x, t):
-            return consistency_fn(model, x, x, t_full(t, len(x), dev), grid, lcfg)[0]
-        return ode_sample(denoise, lcfg.t_max * per_image_noise(seeds, (3, R, R), dev), karras_times(n_steps, lcfg.t_max))
+        dev, R = next(model.parameters()).device, self.resolution
+        return ode_sample(denoiser(model, lcfg, R, dev), lcfg.t_max * per_image_noise(seeds, (3, R, R), dev),
+                          karras_times(n_steps, lcfg.t_max))
 
     def nfe(self, steps, lcfg):
         """Network evaluations per generated image (without the query skip f(x, t_mid) is the INR itself)."""
@@ -207,12 +210,12 @@ class ImageModality(Modality):
         images, then per t a row of noisy inputs and a row of f (where the shapes are lost, not only how much)."""
         dev = next(model.parameters()).device
         x = to_float(dataset.get(range(min(limit, len(dataset))))).to(dev)
-        grid, g = make_grid(self.resolution, self.resolution, dev), torch.Generator(device=dev).manual_seed(seed)
+        denoise, g = denoiser(model, lcfg, self.resolution, dev), torch.Generator(device=dev).manual_seed(seed)
         mean = psnr(x.mean(0, keepdim=True).expand_as(x), x).mean().item()
         rows, picture = [], [x[:8]]
         for t_ in ts:
             x_t = x + t_ * torch.randn(x.shape, generator=g, device=dev)
-            f, _ = consistency_fn(model, x_t, x_t, t_full(t_, len(x), dev), grid, lcfg)  # the f that training fits
+            f = denoise(x_t, t_)  # the f that training fits
             rows.append({'t': t_, 'psnr_f': psnr(f, x).mean().item(), 'psnr_noisy': psnr(x_t, x).mean().item()})
             picture += [x_t[:8], f[:8]]
         if out_png:

@@ -19,19 +19,16 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import load_split  # noqa: E402
-from inr import make_grid, to_float, to_uint8  # noqa: E402
-from losses import LossConfig, consistency_fn, karras_times, ode_sample, per_image_noise, t_full  # noqa: E402
+from inr import denoiser, to_float, to_uint8  # noqa: E402
+from losses import LossConfig, karras_times, ode_sample, per_image_noise  # noqa: E402
 from model import load  # noqa: E402
 
 
 @torch.no_grad()
 def finish(model, lcfg, x0, seeds, t_start, mode, ode_steps):
     """x0 + t_start z, then the ODE's Karras steps below t_start (mode 'ode') or one f step (mode 'f')."""
-    grid = make_grid(x0.shape[-2], x0.shape[-1])
+    denoise = denoiser(model, lcfg, x0.shape[-1])
     x = x0 + t_start * per_image_noise(seeds, tuple(x0.shape[1:]), 'cpu')
-
-    def denoise(x, t):
-        return consistency_fn(model, x, x, t_full(t, len(x), 'cpu'), grid, lcfg)[0]
     if mode == 'f':
         return denoise(x, t_start)
     times = [t_start] + [t for t in karras_times(ode_steps, lcfg.t_max) if t < t_start]
