@@ -170,13 +170,19 @@ class ImageModality(Modality):
         model.eval()
         dev = next(model.parameters()).device
         x = to_float(test_set.get(range(min(64, len(test_set))))).to(dev)
-        rec = model.inr.render(encode(model, x, lcfg), make_grid(self.resolution, self.resolution, dev), 4096)
+        rec = self.reconstruct(model, x, lcfg)
         for steps in (1, 2):
             image, _ = self.generate(model, list(range(64)), steps, lcfg)
             save_grid(to_uint8(image), os.path.join(out_dir, f'samples_{steps}step.png'))
         save_grid(to_uint8(interleave(x, rec)), os.path.join(out_dir, 'reconstructions.png'), nrow=16)
         model.train(was_training)
         return 'psnr', psnr(rec, x).mean().item()
+
+    @torch.no_grad()
+    def reconstruct(self, model, x, lcfg, resolution=0):
+        """encode -> render of clean images x in [-1, 1], on the training grid or a resolution x resolution one."""
+        R = resolution or self.resolution
+        return model.inr.render(encode(model, x, lcfg), make_grid(R, R, x.device), 4096)
 
     @torch.no_grad()
     def evaluate_encoding(self, model, dataset, lcfg, limit=0, out_png=None, support_view=0, batch=64):
@@ -237,10 +243,9 @@ class ImageModality(Modality):
         """encode -> render of the first n images of dataset, uint8 (b, H, W, 3) batch by batch: scored like samples,
         the ceiling the INR's own render sets on generation (fid.py --encoded)."""
         dev = next(model.parameters()).device
-        grid = make_grid(self.resolution, self.resolution, dev)
         for i in tqdm(range(0, min(n, len(dataset)), batch), desc='encoded images'):
             x = to_float(dataset.get(range(i, min(i + batch, n, len(dataset))))).to(dev)
-            yield to_uint8(model.inr.render(encode(model, x, lcfg), grid, 4096)).cpu().numpy()
+            yield to_uint8(self.reconstruct(model, x, lcfg)).cpu().numpy()
 
     def reference_split(self, split):
         """(the split a metric's real side is drawn from, how the JSON names it): the one asked for."""
