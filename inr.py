@@ -179,10 +179,9 @@ class ImageModality(Modality):
         return 'psnr', psnr(rec, x).mean().item()
 
     @torch.no_grad()
-    def reconstruct(self, model, x, lcfg, resolution=0):
-        """encode -> render of clean images x in [-1, 1], on the training grid or a resolution x resolution one."""
-        R = resolution or self.resolution
-        return model.inr.render(encode(model, x, lcfg), make_grid(R, R, x.device), 4096)
+    def reconstruct(self, model, x, lcfg):
+        """encode -> render of clean images x in [-1, 1] on the training grid."""
+        return model.inr.render(encode(model, x, lcfg), make_grid(self.resolution, self.resolution, x.device), 4096)
 
     @torch.no_grad()
     def evaluate_encoding(self, model, dataset, lcfg, limit=0, out_png=None, support_view=0, batch=64):
