@@ -1,0 +1,177 @@
+"""A control for generation on the embedded shapes data: a small convolutional U-Net (no hyper-network, no INR)
+trained as a plain EDM denoiser on the same images and CPU, sampled by the same 32-step Euler ODE as
+`fid.py --ode 32`, scored in the same shape features against the test split. It says what this budget allows a
+standard diffusion denoiser, so that a gap is read as the hyper-network's and not the budget's.
+--x_pred drops EDM's skip (the net outputs the clean image itself, as the INR does with query_skip False).
+
+    python tools/unet_control.py [--steps 4600] [--x_pred] [--out_dir unet_control]
+
+Writes OUT/ema.pt, OUT/samples.npz (500 samples, uint8), OUT/samples.png and OUT/result.json (denoising PSNR at
+four noise levels, shape FD / precision / recall, wall clock).
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from data import ShapesDataset  # noqa: E402
+from inr import save_grid, to_float, to_uint8  # noqa: E402
+from losses import EDM_P, karras_times, ode_sample  # noqa: E402
+
+SIGMA_DATA = 0.5
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, the noise level as a FiLM scale and shift between."""
+
+    def __init__(self, cin, cout, emb):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.film, self.norm2 = nn.Linear(emb, 2 * cout), nn.GroupNorm(8, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x, e):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(e)[:, :, None, None].chunk(2, dim=1)
+        return self.skip(x) + self.conv2(F.silu(self.norm2(h) * (1 + scale) + shift))
+
+
+class UNet(nn.Module):
+    """Two ResBlocks per level at 32^2, 16^2, 8^2 (widths 32, 64, 128), skips between matching levels: 2.4M
+    parameters."""
+
+    def __init__(self, widths=(32, 64, 128), emb=128):
+        super().__init__()
+        self.emb = emb
+        self.embed = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.inp = nn.Conv2d(3, widths[0], 3, padding=1)
+        self.down, self.up, c = nn.ModuleList(), nn.ModuleList(), widths[0]
+        for w in widths:
+            self.down.append(nn.ModuleList([ResBlock(c, w, emb), ResBlock(w, w, emb)]))
+            c = w
+        self.mid = ResBlock(c, c, emb)
+        for w in reversed(widths):
+            self.up.append(nn.ModuleList([ResBlock(c + w, w, emb), ResBlock(w, w, emb)]))
+            c = w
+        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1))
+
+    def forward(self, x, c_noise):
+        freqs = torch.exp(-math.log(10000) * torch.arange(self.emb // 2, device=x.device) / (self.emb // 2))
+        a = c_noise[:, None] * freqs  # EDM's unscaled ln(t)/4: smooth in t
+        e = self.embed(torch.cat([a.cos(), a.sin()], dim=1))
+        h, skips = self.inp(x), []
+        for i, (b1, b2) in enumerate(self.down):
+            h = b2(b1(h, e), e)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.avg_pool2d(h, 2)
+        h = self.mid(h, e)
+        for b1, b2 in self.up:
+            s = skips.pop()
+            if h.shape[-1] != s.shape[-1]:
+                h = F.interpolate(h, scale_factor=2, mode='nearest')
+            h = b2(b1(torch.cat([h, s], dim=1), e), e)
+        return self.out(h)
+
+
+def denoise(net, x, t, x_pred=False):
+    """EDM's preconditioned D(x, t); x_pred: c_skip 0, c_out 1 (the net draws the clean image itself)."""
+    t = t.reshape(-1, 1, 1, 1)
+    c_in = 1 / (t ** 2 + SIGMA_DATA ** 2).sqrt()
+    if x_pred:
+        c_skip, c_out = 0 * t, 1 + 0 * t
+    else:
+        c_skip, c_out = SIGMA_DATA ** 2 / (t ** 2 + SIGMA_DATA ** 2), t * SIGMA_DATA * c_in
+    return c_skip * x + c_out * net(c_in * x, t.log().flatten() / 4)
+
+
+def train(a):
+    torch.manual_seed(a.seed)
+    data = ShapesDataset('train', 32, cache_dir=os.path.expanduser('~/.cache/inrct'))
+    net, ema = UNet(), UNet()
+    ema.load_state_dict(net.state_dict())
+    opt = torch.optim.Adam(net.parameters(), lr=a.lr)
+    rng = np.random.default_rng(a.seed)
+    start = time.time()
+    bar = tqdm(range(a.steps), desc='U-Net EDM')
+    for _ in bar:
+        x = to_float(data.get(rng.integers(0, len(data), a.batch)))
+        t = (torch.randn(a.batch) * EDM_P[1] + EDM_P[0]).exp()
+        weight = (t ** 2 + SIGMA_DATA ** 2) / (t * SIGMA_DATA) ** 2  # EDM's: unit loss at every t
+        err = denoise(net, x + t.reshape(-1, 1, 1, 1) * torch.randn_like(x), t, a.x_pred) - x
+        loss = (weight.reshape(-1, 1, 1, 1) * err ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(p, 1 - a.ema_decay)
+        bar.set_postfix(loss=f'{loss.item():.4f}', refresh=False)
+    return ema, time.time() - start
+
+
+@torch.no_grad()
+def evaluate(net, a):
+    test = ShapesDataset('test', 32).get(range(500))
+    x0, g = to_float(test[:64]), torch.Generator().manual_seed(0)
+    psnr = {}
+    for t in (0.0865, 0.3, 0.821, 2.0):
+        y = denoise(net, x0 + t * torch.randn(x0.shape, generator=g), torch.full((len(x0),), t), a.x_pred)
+        psnr[t] = float((10 * torch.log10(4 / ((y.clamp(-1, 1) - x0) ** 2).mean((1, 2, 3)))).mean())
+    times, g = karras_times(a.ode), torch.Generator().manual_seed(a.seed)
+    samples = np.concatenate([to_uint8(ode_sample(lambda x, t: denoise(net, x, torch.full((len(x),), t), a.x_pred),
+                                               times[0] * torch.randn(100, 3, 32, 32, generator=g), times)).numpy()
+                              for _ in tqdm(range(5), desc=f'ODE-{a.ode} samples')])
+    return psnr, samples, test.numpy()
+
+
+def score(samples_npz, test, tmp):
+    """fid.py's shape FD / precision / recall of the samples against the test split."""
+    ref, out = os.path.join(tmp, 'test.npz'), os.path.join(tmp, 'scores.json')
+    np.savez(ref, samples=test)
+    subprocess.run([sys.executable, os.path.join(ROOT, 'fid.py'), samples_npz, ref, '--features', 'shapes',
+                    '--json', out], check=True, stdout=subprocess.DEVNULL)
+    return json.load(open(out))
+
+
+def main(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--steps', type=int, default=4600)
+    p.add_argument('--batch', type=int, default=32)
+    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--ema_decay', type=float, default=0.999)
+    p.add_argument('--x_pred', action='store_true', help="no EDM skip: the net outputs the clean image")
+    p.add_argument('--ode', type=int, default=32, help='Euler steps of the sampler (fid.py --ode)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out_dir', default='unet_control')
+    a = p.parse_args(argv)
+    os.makedirs(a.out_dir, exist_ok=True)
+    net, seconds = train(a)
+    torch.save(net.state_dict(), os.path.join(a.out_dir, 'ema.pt'))
+    psnr, samples, test = evaluate(net, a)
+    np.savez(os.path.join(a.out_dir, 'samples.npz'), samples=samples)
+    with tempfile.TemporaryDirectory() as tmp:
+        scores = score(os.path.join(a.out_dir, 'samples.npz'), test, tmp)
+    save_grid(samples[:64], os.path.join(a.out_dir, 'samples.png'))
+    out = dict(steps=a.steps, minutes=seconds / 60, threads=torch.get_num_threads(), x_pred=a.x_pred,
+               denoise_psnr=psnr, ode=a.ode, **scores)
+    print(json.dumps(out, indent=1))
+    with open(os.path.join(a.out_dir, 'result.json'), 'w') as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
