@@ -27,7 +27,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import ShapesDataset  # noqa: E402
-from inr import save_grid, to_float, to_uint8  # noqa: E402
+from inr import psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
 from losses import EDM_P, karras_times, ode_sample  # noqa: E402
 
 SIGMA_DATA = 0.5
@@ -130,7 +130,7 @@ def evaluate(net, a):
     psnr = {}
     for t in (0.0865, 0.3, 0.821, 2.0):
         y = denoise(net, x0 + t * torch.randn(x0.shape, generator=g), torch.full((len(x0),), t), a.x_pred)
-        psnr[t] = float((10 * torch.log10(4 / ((y.clamp(-1, 1) - x0) ** 2).mean((1, 2, 3)))).mean())
+        psnr[t] = float(psnr_of(y, x0).mean())
     times, g = karras_times(a.ode), torch.Generator().manual_seed(a.seed)
     samples = np.concatenate([to_uint8(ode_sample(lambda x, t: denoise(net, x, torch.full((len(x),), t), a.x_pred),
                                                times[0] * torch.randn(100, 3, 32, 32, generator=g), times)).numpy()
