@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from data import ShapesDataset  # noqa: E402
+from data import ShapesDataset, cache_root  # noqa: E402
 from inr import psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
 from losses import EDM_P, karras_times, ode_sample  # noqa: E402
 
@@ -100,7 +100,7 @@ def denoise(net, x, t, x_pred=False):
 
 def train(a):
     torch.manual_seed(a.seed)
-    data = ShapesDataset('train', 32, cache_dir=os.path.expanduser('~/.cache/inrct'))
+    data = ShapesDataset('train', 32, cache_dir=cache_root())
     net, ema = UNet(), UNet()
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
