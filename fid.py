@@ -285,18 +285,22 @@ def load_shape_net(cache_dir='', device='cpu'):
 
 def shape_reference_sets(n=500, seed=SHAPE_SEED, offset=1_000_000):
     """Labelled image sets (uint8 NHWC, 32^2) that a shape metric must rank: {'real': the reference, then
-    'real (other images)', 'blurred 1 px', 'blurred 2 px', 'blobs', 'mean image', 'noise'}, best to worst."""
+    'real (other images)', 'blurred 1 px', 'blurred 2 px', 'blobs', 'mean image', 'noise'}, best to worst; then the
+    other images under a faint grain (Gaussian, 2.5 and 5 of 255 levels), which a person barely sees."""
     real = np.stack([render_shapes(seed, offset + i, 32) for i in range(n)])
     other_idx = range(offset + n, offset + 2 * n)
     other = np.stack([render_shapes(seed, i, 32) for i in other_idx])
 
     def blur(s):
         return np.stack([gaussian_filter(im.astype(np.float64), (s, s, 0)) for im in other]).round().astype(np.uint8)
+    def grain(s):
+        noisy = other + np.random.default_rng(1).normal(0.0, s, other.shape)
+        return noisy.round().clip(0, 255).astype(np.uint8)
     mean = np.repeat(real.mean(0, keepdims=True).round().astype(np.uint8), n, 0)
     noise = np.random.default_rng(0).integers(0, 256, other.shape, dtype=np.uint8)
     return {'real': real, 'real (other images)': other, 'blurred 1 px': blur(1.0), 'blurred 2 px': blur(2.0),
             'blobs': np.stack([render_shapes(seed, i, 32, blobs=True) for i in other_idx]),
-            'mean image': mean, 'noise': noise}
+            'mean image': mean, 'noise': noise, 'grain 2.5/255': grain(2.5), 'grain 5/255': grain(5.0)}
 
 
 def validate_shape_metric(extractor, n=500):

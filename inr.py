@@ -63,11 +63,14 @@ def patchify(images, resolution, p):
 MODALITY_FOR = {'images': 'image', 'scenes': 'nerf', 'voxels': 'occupancy'}  # a dataset's data_kind -> --modality
 
 
-def denoiser(model, lcfg, resolution, device=None):
-    """(x, t) -> f(x, x, t) on the training grid: the consistency function used as a plain denoiser (the ODE,
-    the denoising grid, tools/noise_level_probe.py)."""
+def denoiser(model, lcfg, resolution, device=None, render=False):
+    """(x, t) -> f(x, x, t) on the training grid: the consistency function used as a plain denoiser (the denoising
+    grid, tools/noise_level_probe.py). render=True (the ODE's denoiser): without the query skip, the render alone.
+    f keeps boundary_sigma's c_skip(t) x_t below t ~ 0.05, noise the INR cannot cancel and the ODE, which takes
+    D(x, t) for a noise-free estimate, then never removes: its samples end with a faint grain."""
     grid = make_grid(resolution, resolution, device)
-    return lambda x, t: consistency_fn(model, x, x, t_full(t, len(x), device), grid, lcfg)[0]
+    out = 1 if render and not lcfg.query_skip else 0
+    return lambda x, t: consistency_fn(model, x, x, t_full(t, len(x), device), grid, lcfg)[out]
 
 
 class Modality:
@@ -155,7 +158,7 @@ class ImageModality(Modality):
         stage-0 run (r = 0, f fits the clean image at every t) this is plain diffusion sampling: the ceiling that
         1- and 2-step consistency samples of the same network can at best reach."""
         dev, R = next(model.parameters()).device, self.resolution
-        return ode_sample(denoiser(model, lcfg, R, dev), lcfg.t_max * per_image_noise(seeds, (3, R, R), dev),
+        return ode_sample(denoiser(model, lcfg, R, dev, render=True), lcfg.t_max * per_image_noise(seeds, (3, R, R), dev),
                           karras_times(n_steps, lcfg.t_max))
 
     def nfe(self, steps, lcfg):

@@ -38,6 +38,7 @@ class LossConfig:
     query_skip: bool = True     # Eq. 12's c_skip O_q_t term; False: c_skip 0, c_out 1 (NeRF, see consistency_fn)
     boundary_sigma: float = 0.0 # query_skip False: > 0 keeps a narrow skip so f(x, t_min) = x exactly (c_skip)
     stage0_edm: bool = False    # stage 0 as EDM pretraining: t ~ LogNormal(EDM_P), every term weighted 1 (edm_stage)
+    stage0_metric: str = 'l2'   # L_gene's distance in that stage: 'l2' (the norm) | 'mse' (posterior_mean_distance)
     t_mid: float = 0.821        # 2-step sampling: the noise level the 1-step sample is noised back to (ECT, iCT)
 
 
@@ -227,6 +228,18 @@ def distance(a, b, cfg):
     return sq.clamp(min=1e-20).sqrt()  # the clamp keeps the gradient finite at a perfect match
 
 
+def posterior_mean_distance(a, b, t, cfg):
+    """The L2 norm's quadratic expansion about the error a Gaussian posterior leaves at t, s = c_out(t) sqrt(D)
+    (EDM's c_out: t sigma_d / sqrt(t^2 + sigma_d^2) per value): |a - b|^2 / (2 s) + s / 2.
+
+    At that error it pulls with the norm's unit force, so every t still pulls about alike; but its weight depends on
+    t alone, so its minimiser is the posterior mean E[x | x_t] that the probability-flow ODE needs, where the norm's
+    is the geometric median, which drops a shape the posterior gives less than half its mass."""
+    sq = ((a - b) ** 2).flatten(1).sum(1)
+    s = t * cfg.sigma_data / (t ** 2 + cfg.sigma_data ** 2) ** 0.5 * a[0].numel() ** 0.5
+    return sq / (2 * s) + s / 2
+
+
 # --- the INRCT loss (Eq. 13, 15, 16, 17; Algorithm 1) ---------------------------------------------------
 class INRCTLoss:
     """loss_fn(net, batch, step): batch = {'support', 'target', 'query', 'shared_noise'} with 'target' = clean O_q.
@@ -267,7 +280,12 @@ class INRCTLoss:
             f_r = torch.where(bcast(boundary, target), target, f_r)
 
         m_recon, m_diff = recon_mask(t, cfg), diff_mask(t, cfg)
-        L_gene = distance(f_t, f_r.detach(), cfg)
+        if edm_stage(step, cfg) and cfg.stage0_metric == 'mse':
+            L_gene = posterior_mean_distance(f_t, f_r.detach(), t, cfg)
+        elif cfg.stage0_metric not in ('l2', 'mse'):
+            raise ValueError(f"stage0_metric must be 'l2' or 'mse', got {cfg.stage0_metric!r}")
+        else:
+            L_gene = distance(f_t, f_r.detach(), cfg)
         L_recon = distance(raw_t, target, cfg) * m_recon
         L_diff = distance(f_t, target, cfg) * m_diff
         w_gene, w_anchor = (1.0, 1.0) if edm_stage(step, cfg) else (loss_weight(t, r, cfg), anchor_weight(t, r, cfg))

@@ -25,6 +25,7 @@ from occupancy import OccupancyINR
 class HyperConfig:
     token_dim: int = 48        # channels of one observation token (3 * patch^2 for RGB images)
     grid: int = 8              # observation tokens form a grid x grid table (patches per side)
+    patch: int = 4             # pixels per patch side (the conv stem puts tokens back on their pixel grid)
     grid_dims: int = 2         # 2: an image's patch grid; 3: a voxel grid's (grid^3 tokens, 3D position table)
     dim: int = 768             # D, attention width of encoder and decoder
     ff_dim: int = 3072         # feed-forward width
@@ -38,6 +39,7 @@ class HyperConfig:
     sigma_data: float = 0.5    # the data scale that signal fraction uses (train.py's sigma_data)
     time_embed: str = 'positional'  # 'positional' (EDM: sinusoids of c_noise) | 'fourier' (iCT: random frequencies)
     time_scale: float = 1.0    # positional: c_noise is multiplied by this; fourier: std of the frequencies (rad per unit c_noise)
+    conv_stem: int = 0         # channels of a full-resolution conv stem added to the linear patch embedding; 0: off
 
 
 # Named presets (paper App. B.2). 'inr' keys configure inr.ImageINR; 'patch' sets token_dim and grid.
@@ -99,6 +101,40 @@ class TimeEmbedder(nn.Module):
     def forward(self, c_noise):
         args = self.scale * c_noise.float()[:, None] * self.freqs[None]
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class ConvStem(nn.Module):
+    """Observation tokens back on their pixel grid -> 3x3 convolutions at full resolution (two residual blocks,
+    FiLM on the time embedding) -> a patch-size stride conv to D: (B, L, D), added to the linear patch embedding.
+
+    A linear patch embedding sees each p x p patch in one matrix product; these convolutions look across patch
+    borders at every pixel, as a conv denoiser does. Its last conv starts at zero, so an untrained stem changes
+    nothing. 2D token grids only (images, NeRF views): tokens must be patchify's layout, C * p * p channels.
+    """
+
+    def __init__(self, token_dim, grid, patch, width, dim):
+        super().__init__()
+        self.grid, self.patch, self.channels = grid, patch, token_dim // patch ** 2
+        assert self.channels * patch ** 2 == token_dim, f"token dim {token_dim} is not C * {patch}^2"
+        self.conv_in = nn.Conv2d(self.channels, width, 3, padding=1)
+        self.norms = nn.ModuleList(nn.GroupNorm(min(8, width), width) for _ in range(4))
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(4))
+        self.films = nn.ModuleList(nn.Linear(dim, 2 * width) for _ in range(2))
+        self.out = nn.Conv2d(width, dim, patch, stride=patch)
+
+    def forward(self, tokens, c):  # tokens (B, L, C p^2), c (B, D)
+        B, L, _ = tokens.shape
+        g, p, C = self.grid, self.patch, self.channels
+        views = L // g ** 2
+        x = tokens.reshape(B * views, g, g, C, p, p).permute(0, 3, 1, 4, 2, 5).reshape(B * views, C, g * p, g * p)
+        h = self.conv_in(x)
+        c = c.repeat_interleave(views, dim=0)
+        for i, film in enumerate(self.films):
+            scale, shift = film(F.silu(c))[:, :, None, None].chunk(2, dim=1)
+            r = self.convs[2 * i](F.silu(self.norms[2 * i](h)))
+            r = self.convs[2 * i + 1](F.silu(self.norms[2 * i + 1](r) * (1 + scale) + shift))
+            h = h + r
+        return self.out(h).flatten(2).transpose(1, 2).reshape(B, L, -1)
 
 
 class Attention(nn.Module):
@@ -198,6 +234,9 @@ class HyperNetwork(nn.Module):
         table = sincos_3d_table if cfg.grid_dims == 3 else sincos_2d_table
         self.register_buffer('pos', table(cfg.dim, cfg.grid), persistent=False)
         self.time = TimeEmbedder(cfg.dim, kind=cfg.time_embed, scale=cfg.time_scale)
+        if cfg.conv_stem and cfg.grid_dims != 2:
+            raise ValueError("conv_stem works on 2D token grids (images, NeRF views); set --conv_stem 0 for voxels")
+        self.stem = ConvStem(cfg.token_dim, cfg.grid, cfg.patch, cfg.conv_stem, cfg.dim) if cfg.conv_stem else None
         self.encoder = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.enc_depth))
         self.queries = nn.Parameter(torch.zeros(cfg.inr_tokens, cfg.dim))
         self.decoder = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.dec_depth))
@@ -218,6 +257,9 @@ class HyperNetwork(nn.Module):
         for block in self.encoder:  # adaLN-Zero: every encoder block starts as the identity
             nn.init.zeros_(block.ada[-1].weight)
             nn.init.zeros_(block.ada[-1].bias)
+        if self.stem is not None:  # starts as no change to the patch embedding
+            nn.init.zeros_(self.stem.out.weight)
+            nn.init.zeros_(self.stem.out.bias)
         nn.init.normal_(self.queries, std=0.02)
         nn.init.normal_(self.token_b, std=1.0)
 
@@ -260,6 +302,8 @@ class HyperNetwork(nn.Module):
             f"(grid {self.cfg.grid}, {self.cfg.grid_dims}D); rebuild with the matching resolution/patch size")
         c = self.time(c_noise)                                              # (B, D)
         x = self.embed(tokens) + self.pos.repeat(L // self.pos.shape[0], 1)  # (B, L, D), views share the table
+        if self.stem is not None:
+            x = x + self.stem(tokens, c)
         for block in self.encoder:
             x = block(x, c)
         q = self.queries + self.local_gate(c_noise) * self.local_features(x)  # (B, K, D)
@@ -292,7 +336,7 @@ MODALITIES = ('image', 'nerf', 'occupancy')  # what build_model can build; each 
 
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
                 near=0.8, far=1.8, n_samples=64, local_gate=1.0, sigma_data=0.5, time_embed='positional',
-                time_scale=1.0, inr='anr', inr_tokens=0):
+                time_scale=1.0, inr='anr', inr_tokens=0, conv_stem=0):
     """The INRCT model for a named preset at a training resolution; modality 'image' (inr 'anr' or 'pixels'), 'nerf'
     or 'occupancy' (resolution^3 voxel grids, patch^3 tokens). inr_tokens > 0 replaces the preset's token count."""
     if preset not in INRCT_models:
@@ -324,7 +368,8 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
     hyper = HyperNetwork(HyperConfig(
         token_dim=token_dim, grid=resolution // patch, grid_dims=3 if modality == 'occupancy' else 2, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
         enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],
-        dropout=dropout, local_gate=local_gate, sigma_data=sigma_data, time_embed=time_embed, time_scale=time_scale))
+        dropout=dropout, local_gate=local_gate, sigma_data=sigma_data, time_embed=time_embed, time_scale=time_scale,
+        conv_stem=conv_stem, patch=patch))
     return INRCT(hyper, inr)
 
 

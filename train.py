@@ -46,6 +46,7 @@ time_embed = 'positional' # noise-level features: 'positional' (EDM, sinusoids o
 time_scale = 1.0          # positional: c_noise multiplier (1000 = DiT's integer-step ladder); fourier: frequency std
 inr_tokens = 0            # number of INR tokens; 0: the preset's (tiny: 64, one per 4 x 4 pixels at 32^2)
 inr = 'anr'               # images: 'anr' (the ANR INR) | 'pixels' (tokens -> patches: pixel-space ECT, the baseline)
+conv_stem = 0             # channels of a full-resolution 3x3 conv stem added to the patch embedding; 0: off (DiT's)
 local_gate = 1.0          # decoder queries start from the encoder's local features scaled by the signal share to this power; 0: off
 near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8 / 1.8)
 far = 1.8
@@ -66,6 +67,8 @@ ect_stage0 = 0            # steps of stage 0 (r = 0, plain denoising at every t)
 ect_max_stage = 0         # stop tightening dt after this stage (0 = never)
 stage0_edm = False        # stage 0 as EDM pretraining (ECT starts from such a model): t ~ LogNormal(-1.2, 1.2),
                           # every term weighted alike; p_mean, p_std and weighting then apply from stage 1 on
+stage0_metric = 'l2'      # L_gene's distance in that stage: 'l2' (the norm, whose minimiser is the posterior's median)
+                          # | 'mse' (a t-weighted squared error with the norm's pull, whose minimiser is the mean)
 stage0_lr = 0.0           # lr of stage 0 (0 = lr_full): denoising takes a higher lr than the consistency stages
 weighting = 'inv_dt'      # w(t) = 1/(t - r) | 'ect': times c_out(t) without query_skip | 'uniform': t/(t - r)
                           # | 'uniform_gene': t/(t - r) for L_gene, 1/(t - r) for L_recon and L_diff
@@ -99,7 +102,8 @@ upgrade_checkpoint = ''   # PATH: give an older checkpoint its model and loss se
 # -----------------------------------------------------------------------------
 # architecture keys: a checkpoint can only be resumed or sampled with the same values
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
-ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'inr_tokens', 'time_embed', 'time_scale')
+ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'inr_tokens', 'time_embed', 'time_scale',
+             'conv_stem')
 
 
 def defaults():
@@ -176,10 +180,11 @@ def preset_value(path, key, value, default):
 
 
 CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels'), 'time_embed': ('positional', 'fourier'),
-           'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'metric': ('l2', 'mse'), 'device': ('auto', 'cpu', 'cuda')}
+           'weighting': ('inv_dt', 'ect', 'uniform', 'uniform_gene'), 'metric': ('l2', 'mse'), 'stage0_metric': ('l2', 'mse'),
+           'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('inr_tokens', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
+NON_NEGATIVE = ('inr_tokens', 'conv_stem', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
                 'stage0_lr', 'grad_clip', 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff',
                 'max_minutes')
 POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
@@ -221,6 +226,7 @@ def loss_config(cfg):
                       shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], metric=cfg['metric'],
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
                       P_mean=cfg['p_mean'], P_std=cfg['p_std'], stage0_edm=cfg['stage0_edm'], t_mid=cfg['t_mid'],
+                      stage0_metric=cfg['stage0_metric'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 
@@ -230,7 +236,8 @@ def model_args(cfg):
     return dict(preset=cfg['preset'], resolution=cfg['resolution'], patch=cfg['patch'], pe_sigma=cfg['pe_sigma'],
                 dropout=cfg['dropout'], modality=cfg['modality'], near=cfg['near'], far=cfg['far'],
                 n_samples=cfg['n_samples'], local_gate=cfg['local_gate'], sigma_data=cfg['sigma_data'],
-                time_embed=cfg['time_embed'], time_scale=cfg['time_scale'], inr=cfg['inr'], inr_tokens=cfg['inr_tokens'])
+                time_embed=cfg['time_embed'], time_scale=cfg['time_scale'], inr=cfg['inr'], inr_tokens=cfg['inr_tokens'],
+                conv_stem=cfg['conv_stem'])
 
 
 def load_checkpoint(path, cfg=None):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from losses import (INRCTLoss, LossConfig, c_in, c_noise, c_out, c_skip, consistency_fn, diff_mask, distance,
-                    RAdam, ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, sample_t, step_lr, train_step)
+                    posterior_mean_distance, RAdam, ect_stage, loss_weight, loss_weights, r_of_t, recon_mask, sample_t,
+                    step_lr, train_step)
 
 # SPEC section 3 reference table (sigma_data 0.5, t_min 0.003)
 PRECOND = [  # t, c_skip, c_out, c_in, c_noise, c_skip shifted, c_out shifted
@@ -123,6 +124,29 @@ def test_mse_metric_learns_the_mean_and_the_norm_the_median():
             distance(x.expand_as(targets), targets, LossConfig(metric=metric)).sum().backward()
             opt.step()
         assert (x.detach()[0] - expected).abs().max() < 0.02, metric
+
+
+def test_stage0_mse_learns_the_mean_with_the_norms_pull_at_the_gaussian_error():
+    """stage0_metric 'mse' (posterior_mean_distance): its minimiser over the same three-image posterior is the mean;
+    at an error of the size a Gaussian posterior leaves at t, c_out(t) per value, its pull is the norm's, 1."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(1, 3, 4, 4, generator=g), torch.rand(1, 3, 4, 4, generator=g)
+    targets, t, cfg = torch.cat([a, a, b]), torch.full((3,), 0.3), LossConfig()
+    x = targets.mean(0, keepdim=True).clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.01)
+    for _ in range(1500):
+        opt.zero_grad()
+        posterior_mean_distance(x.expand_as(targets), targets, t, cfg).sum().backward()
+        opt.step()
+    assert (x.detach()[0] - targets.mean(0)).abs().max() < 0.02
+    for t in (0.01, 0.3, 5.0):
+        c_out = t * 0.5 / (t ** 2 + 0.25) ** 0.5
+        e = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g)
+        e = (c_out * 48 ** 0.5 * e / e.flatten(1).norm(dim=1).view(-1, 1, 1, 1)).requires_grad_(True)
+        posterior_mean_distance(e, torch.zeros_like(e), torch.full((2,), t, dtype=torch.float64), cfg).sum().backward()
+        assert torch.allclose(e.grad.flatten(1).norm(dim=1), torch.ones(2, dtype=torch.float64))
+        n = posterior_mean_distance(2 * e.detach(), torch.zeros_like(e), torch.full((2,), t, dtype=torch.float64), cfg)
+        assert torch.allclose(n, 2.5 * e.detach().flatten(1).norm(dim=1))  # twice that error: pull 2, the norm's 1
 
 
 def test_distance_gradient_matches_finite_differences():

@@ -62,6 +62,26 @@ def test_local_query_start_is_scaled_by_the_signal_share_of_the_input():
         assert torch.allclose(gated.hyper.local_gate(c).flatten(), (0.25 / (t ** 2 + 0.25)) ** power, rtol=1e-5)
 
 
+def test_conv_stem_starts_as_no_change_and_reads_pixels_where_they_are():
+    """--conv_stem: zero at init (the linear-embedding model); its convolutions act on the pixel grid the tokens came
+    from, so a pixel changes the stem's features of its own patch and its neighbours', not of a far or transposed one."""
+    torch.manual_seed(0)
+    m = build_model('tiny', 32, 4, 32.0, conv_stem=8)
+    x, c = torch.randn(2, 3, 32, 32), torch.tensor([-1.0, 0.5])
+    with_stem = m.encode(x, c)
+    stem, m.hyper.stem = m.hyper.stem, None
+    assert torch.equal(with_stem, m.encode(x, c))
+    torch.nn.init.normal_(stem.out.weight, std=0.1)
+    tokens, emb = m.inr.tokenize(x), m.hyper.time(c)
+    y = x.clone()
+    y[:, :, 1, 20] += 1.0                                    # row 1, column 20: the left edge of patch (0, 5)
+    change = (stem(m.inr.tokenize(y), emb) - stem(tokens, emb)).abs().amax(dim=(0, 2))  # per token
+    far = max(change[0], change[40])  # far away; and where a transposed layout would put the pixel (GroupNorm: > 0)
+    assert min(change[5], change[4]) > 20 * far              # its patch and the one across the border
+    with pytest.raises(ValueError, match='conv_stem'):
+        build_model('tiny', 8, 2, modality='occupancy', conv_stem=8)
+
+
 def test_wrong_resolution_is_a_clear_error():
     m = build_model('tiny', 32, 4, 32.0)
     with pytest.raises(ValueError, match='32x32'):

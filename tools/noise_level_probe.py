@@ -27,7 +27,7 @@ from model import load  # noqa: E402
 @torch.no_grad()
 def finish(model, lcfg, x0, seeds, t_start, mode, ode_steps):
     """x0 + t_start z, then the ODE's Karras steps below t_start (mode 'ode') or one f step (mode 'f')."""
-    denoise = denoiser(model, lcfg, x0.shape[-1])
+    denoise = denoiser(model, lcfg, x0.shape[-1], render=mode == 'ode')  # the ODE's denoiser, as fid.py --ode
     x = x0 + t_start * per_image_noise(seeds, tuple(x0.shape[1:]), 'cpu')
     if mode == 'f':
         return denoise(x, t_start)

@@ -2,9 +2,15 @@
 trained as a plain EDM denoiser on the same images and CPU, sampled by the same 32-step Euler ODE as
 `fid.py --ode 32`, scored in the same shape features against the test split. It says what this budget allows a
 standard diffusion denoiser, so that a gap is read as the hyper-network's and not the budget's.
---x_pred drops EDM's skip (the net outputs the clean image itself, as the INR does with query_skip False).
+--x_pred drops EDM's skip (the net outputs the clean image itself, as the INR does with query_skip False);
+--weight unit then weights its x-space error alike at every t (EDM's weight is 1/c_out^2 of the skip form, which
+for a net without the skip grows as 1/t^2 at small t); --weight norm fits the per-image L2 norm of the error instead
+(train.py's stage 0 with stage0_metric 'l2'), whose minimiser is the posterior's geometric median, not its mean.
 
-    python tools/unet_control.py [--steps 4600] [--x_pred] [--out_dir unet_control]
+    python tools/unet_control.py [--steps 4600] [--x_pred] [--weight {edm,unit,norm}] [--out_dir unet_control]
+
+--load U/ema.pt skips training; --inr_ckpt CKPT --inr_below T then hands the ODE's steps below noise level T to that
+train.py checkpoint (its render, or f with --inr_denoiser f), to find the noise range where the two part ways.
 
 Writes OUT/ema.pt, OUT/samples.npz (500 samples, uint8), OUT/samples.png and OUT/result.json (denoising PSNR at
 four noise levels, shape FD / precision / recall, wall clock).
@@ -27,8 +33,9 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import ShapesDataset, cache_root  # noqa: E402
-from inr import psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
-from losses import EDM_P, karras_times, ode_sample  # noqa: E402
+from inr import denoiser, psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
+from losses import EDM_P, LossConfig, karras_times, ode_sample  # noqa: E402
+from model import load  # noqa: E402
 
 SIGMA_DATA = 0.5
 
@@ -110,9 +117,12 @@ def train(a):
     for _ in bar:
         x = to_float(data.get(rng.integers(0, len(data), a.batch)))
         t = (torch.randn(a.batch) * EDM_P[1] + EDM_P[0]).exp()
-        weight = (t ** 2 + SIGMA_DATA ** 2) / (t * SIGMA_DATA) ** 2  # EDM's: unit loss at every t
+        weight = (t ** 2 + SIGMA_DATA ** 2) / (t * SIGMA_DATA) ** 2 if a.weight == 'edm' else torch.ones_like(t)
         err = denoise(net, x + t.reshape(-1, 1, 1, 1) * torch.randn_like(x), t, a.x_pred) - x
-        loss = (weight.reshape(-1, 1, 1, 1) * err ** 2).mean()
+        if a.weight == 'norm':
+            loss = err.flatten(1).norm(dim=1).mean()
+        else:
+            loss = (weight.reshape(-1, 1, 1, 1) * err ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,7 +142,14 @@ def evaluate(net, a):
         y = denoise(net, x0 + t * torch.randn(x0.shape, generator=g), torch.full((len(x0),), t), a.x_pred)
         psnr[t] = float(psnr_of(y, x0).mean())
     times, g = karras_times(a.ode), torch.Generator().manual_seed(a.seed)
-    samples = np.concatenate([to_uint8(ode_sample(lambda x, t: denoise(net, x, torch.full((len(x),), t), a.x_pred),
+    unet = lambda x, t: denoise(net, x, torch.full((len(x),), t), a.x_pred)  # noqa: E731
+    if a.inr_ckpt:
+        model, ckpt = load(a.inr_ckpt)
+        inr_f = denoiser(model, LossConfig(**ckpt['loss']), 32, render=a.inr_denoiser == 'render')
+        step = lambda x, t: inr_f(x, t) if t < a.inr_below else unet(x, t)  # noqa: E731
+    else:
+        step = unet
+    samples = np.concatenate([to_uint8(ode_sample(step,
                                                times[0] * torch.randn(100, 3, 32, 32, generator=g), times)).numpy()
                               for _ in tqdm(range(5), desc=f'ODE-{a.ode} samples')])
     return psnr, samples, test.numpy()
@@ -154,19 +171,32 @@ def main(argv):
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--ema_decay', type=float, default=0.999)
     p.add_argument('--x_pred', action='store_true', help="no EDM skip: the net outputs the clean image")
+    p.add_argument('--weight', choices=('edm', 'unit', 'norm'), default='edm',
+                   help="EDM's weight (unit loss on the skip form's net output), 1 on the squared x-space error, or "
+                        "the error's per-image L2 norm")
     p.add_argument('--ode', type=int, default=32, help='Euler steps of the sampler (fid.py --ode)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out_dir', default='unet_control')
+    p.add_argument('--load', default='', help="a trained OUT/ema.pt: sample and score it, no training")
+    p.add_argument('--inr_ckpt', default='', help="with --load: a train.py checkpoint that denoises below --inr_below")
+    p.add_argument('--inr_below', type=float, default=0.0, help="the ODE's noise level where the INR takes over")
+    p.add_argument('--inr_denoiser', choices=('render', 'f'), default='render',
+                   help="the INR's ODE denoiser: its render (as fid.py --ode) or f with the boundary skip")
     a = p.parse_args(argv)
     os.makedirs(a.out_dir, exist_ok=True)
-    net, seconds = train(a)
-    torch.save(net.state_dict(), os.path.join(a.out_dir, 'ema.pt'))
+    if a.load:
+        net, seconds = UNet(), 0.0
+        net.load_state_dict(torch.load(a.load, map_location='cpu', weights_only=True))
+    else:
+        net, seconds = train(a)
+        torch.save(net.state_dict(), os.path.join(a.out_dir, 'ema.pt'))
     psnr, samples, test = evaluate(net, a)
     np.savez(os.path.join(a.out_dir, 'samples.npz'), samples=samples)
     with tempfile.TemporaryDirectory() as tmp:
         scores = score(os.path.join(a.out_dir, 'samples.npz'), test, tmp)
     save_grid(samples[:64], os.path.join(a.out_dir, 'samples.png'))
-    out = dict(steps=a.steps, minutes=seconds / 60, threads=torch.get_num_threads(), x_pred=a.x_pred,
+    out = dict(steps=a.steps, minutes=seconds / 60, threads=torch.get_num_threads(), x_pred=a.x_pred, weight=a.weight,
+               load=a.load, inr_ckpt=a.inr_ckpt, inr_below=a.inr_below, inr_denoiser=a.inr_denoiser,
                denoise_psnr=psnr, ode=a.ode, **scores)
     print(json.dumps(out, indent=1))
     with open(os.path.join(a.out_dir, 'result.json'), 'w') as f:
