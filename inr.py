@@ -158,8 +158,8 @@ class ImageModality(Modality):
         stage-0 run (r = 0, f fits the clean image at every t) this is plain diffusion sampling: the ceiling that
         1- and 2-step consistency samples of the same network can at best reach."""
         dev, R = next(model.parameters()).device, self.resolution
-        return ode_sample(denoiser(model, lcfg, R, dev, render=True), lcfg.t_max * per_image_noise(seeds, (3, R, R), dev),
-                          karras_times(n_steps, lcfg.t_max))
+        x = lcfg.t_max * per_image_noise(seeds, (3, R, R), dev)
+        return ode_sample(denoiser(model, lcfg, R, dev, render=True), x, karras_times(n_steps, lcfg.t_max))
 
     def nfe(self, steps, lcfg):
         """Network evaluations per generated image (without the query skip f(x, t_mid) is the INR itself)."""
