@@ -10,7 +10,8 @@ for a net without the skip grows as 1/t^2 at small t); --weight norm fits the pe
     python tools/unet_control.py [--steps 4600] [--x_pred] [--weight {edm,unit,norm}] [--out_dir unet_control]
 
 --load U/ema.pt skips training; --inr_ckpt CKPT --inr_below T then hands the ODE's steps below noise level T to that
-train.py checkpoint (its render, or f with --inr_denoiser f), to find the noise range where the two part ways.
+train.py checkpoint (its render, or f with --inr_denoiser f), --inr_above T its steps at T and above, to find the
+noise range where the two part ways.
 
 Writes OUT/ema.pt, OUT/samples.npz (500 samples, uint8), OUT/samples.png and OUT/result.json (denoising PSNR at
 four noise levels, shape FD / precision / recall, wall clock).
@@ -146,7 +147,8 @@ def evaluate(net, a):
     if a.inr_ckpt:
         model, ckpt = load(a.inr_ckpt)
         inr_f = denoiser(model, LossConfig(**ckpt['loss']), 32, render=a.inr_denoiser == 'render')
-        step = lambda x, t: inr_f(x, t) if t < a.inr_below else unet(x, t)  # noqa: E731
+        use_inr = (lambda t: t >= a.inr_above) if a.inr_above > 0 else (lambda t: t < a.inr_below)  # noqa: E731
+        step = lambda x, t: inr_f(x, t) if use_inr(t) else unet(x, t)  # noqa: E731
     else:
         step = unet
     samples = np.concatenate([to_uint8(ode_sample(step,
@@ -180,6 +182,8 @@ def main(argv):
     p.add_argument('--load', default='', help="a trained OUT/ema.pt: sample and score it, no training")
     p.add_argument('--inr_ckpt', default='', help="with --load: a train.py checkpoint that denoises below --inr_below")
     p.add_argument('--inr_below', type=float, default=0.0, help="the ODE's noise level where the INR takes over")
+    p.add_argument('--inr_above', type=float, default=0.0,
+                   help="instead of --inr_below: the INR denoises at this noise level and above, the U-Net below")
     p.add_argument('--inr_denoiser', choices=('render', 'f'), default='render',
                    help="the INR's ODE denoiser: its render (as fid.py --ode) or f with the boundary skip")
     a = p.parse_args(argv)
@@ -196,8 +200,8 @@ def main(argv):
         scores = score(os.path.join(a.out_dir, 'samples.npz'), test, tmp)
     save_grid(samples[:64], os.path.join(a.out_dir, 'samples.png'))
     out = dict(steps=a.steps, minutes=seconds / 60, threads=torch.get_num_threads(), x_pred=a.x_pred, weight=a.weight,
-               load=a.load, inr_ckpt=a.inr_ckpt, inr_below=a.inr_below, inr_denoiser=a.inr_denoiser,
-               denoise_psnr=psnr, ode=a.ode, **scores)
+               load=a.load, inr_ckpt=a.inr_ckpt, inr_below=a.inr_below, inr_above=a.inr_above,
+               inr_denoiser=a.inr_denoiser, denoise_psnr=psnr, ode=a.ode, **scores)
     print(json.dumps(out, indent=1))
     with open(os.path.join(a.out_dir, 'result.json'), 'w') as f:
         json.dump(out, f, indent=1)
