@@ -287,7 +287,9 @@ class AttentionINR(nn.Module):
 
     def __init__(self, width, depth, heads, tokens, pe_sigma, coord_dims, out_dim):
         super().__init__()
-        assert width % heads == 0, f"INR width {width} must divide by heads={heads}"
+        if width % heads:
+            raise ValueError(f"the INR's width {width} does not divide into {heads} attention heads; pick --inr_heads "
+                             f"among the divisors of {width}")
         self.width, self.heads, self.pe_sigma = width, heads, pe_sigma
         self.num_freqs = max(1, width // (2 * coord_dims))  # images: width / 4, so the encoding is width wide
         self.tau = 0.384 / tokens

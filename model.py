@@ -336,14 +336,16 @@ MODALITIES = ('image', 'nerf', 'occupancy')  # what build_model can build; each 
 
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
                 near=0.8, far=1.8, n_samples=64, local_gate=1.0, sigma_data=0.5, time_embed='positional',
-                time_scale=1.0, inr='anr', inr_tokens=0, conv_stem=0):
+                time_scale=1.0, inr='anr', inr_tokens=0, conv_stem=0, inr_heads=0):
     """The INRCT model for a named preset at a training resolution; modality 'image' (inr 'anr' or 'pixels'), 'nerf'
-    or 'occupancy' (resolution^3 voxel grids, patch^3 tokens). inr_tokens > 0 replaces the preset's token count."""
+    or 'occupancy' (resolution^3 voxel grids, patch^3 tokens). inr_tokens / inr_heads > 0 replace the preset's token
+    count / the INR's attention heads."""
     if preset not in INRCT_models:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(INRCT_models)}")
     if resolution % patch:
         raise ValueError(f"resolution {resolution} is not a multiple of patch {patch}")
-    p = {**INRCT_models[preset], **({'inr_tokens': inr_tokens} if inr_tokens else {})}
+    p = {**INRCT_models[preset], **({'inr_tokens': inr_tokens} if inr_tokens else {}),
+         **({'inr_heads': inr_heads} if inr_heads else {})}
     if modality == 'image' and inr == 'pixels':
         inr = PixelINR(token_dim=p['inr_token_dim'], tokens=p['inr_tokens'], resolution=resolution, patch=patch)
         token_dim, tokens = 3 * patch * patch, p['inr_tokens']

@@ -45,6 +45,7 @@ dropout = 0.0
 time_embed = 'positional' # noise-level features: 'positional' (EDM, sinusoids of c_noise) | 'fourier' (iCT)
 time_scale = 1.0          # positional: c_noise multiplier (1000 = DiT's integer-step ladder); fourier: frequency std
 inr_tokens = 0            # number of INR tokens; 0: the preset's (tiny: 64, one per 4 x 4 pixels at 32^2)
+inr_heads = 0             # attention heads of the ANR INR (must divide its width); 0: the preset's (tiny: 2)
 inr = 'anr'               # images: 'anr' (the ANR INR) | 'pixels' (tokens -> patches: pixel-space ECT, the baseline)
 conv_stem = 0             # channels of a full-resolution 3x3 conv stem added to the patch embedding; 0: off (DiT's)
 local_gate = 1.0          # decoder queries start from the encoder's local features scaled by the signal share to this power; 0: off
@@ -103,7 +104,7 @@ upgrade_checkpoint = ''   # PATH: give an older checkpoint its model and loss se
 # architecture keys: a checkpoint can only be resumed or sampled with the same values
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'inr_tokens', 'time_embed', 'time_scale',
-             'conv_stem')
+             'conv_stem', 'inr_heads')
 
 
 def defaults():
@@ -184,7 +185,7 @@ CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels')
            'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('inr_tokens', 'conv_stem', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
+NON_NEGATIVE = ('inr_tokens', 'inr_heads', 'conv_stem', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
                 'stage0_lr', 'grad_clip', 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff',
                 'max_minutes')
 POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
@@ -237,7 +238,7 @@ def model_args(cfg):
                 dropout=cfg['dropout'], modality=cfg['modality'], near=cfg['near'], far=cfg['far'],
                 n_samples=cfg['n_samples'], local_gate=cfg['local_gate'], sigma_data=cfg['sigma_data'],
                 time_embed=cfg['time_embed'], time_scale=cfg['time_scale'], inr=cfg['inr'], inr_tokens=cfg['inr_tokens'],
-                conv_stem=cfg['conv_stem'])
+                conv_stem=cfg['conv_stem'], inr_heads=cfg['inr_heads'])
 
 
 def load_checkpoint(path, cfg=None):

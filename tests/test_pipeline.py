@@ -15,6 +15,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import load_split  # noqa: E402
+import inr as inrct_inr  # noqa: E402
 import losses  # noqa: E402
 import model as inrct_model  # noqa: E402
 import train  # noqa: E402
@@ -189,6 +190,25 @@ def test_an_architecture_key_newer_than_the_checkpoint_reads_as_its_default(tmp_
         train.load_checkpoint(path, dict(cfg, inr_tokens=144))
     m = inrct_model.build_model('tiny', 32, 4, 32.0, inr_tokens=144)
     assert m.hyper.queries.shape[0] == 144 and m.inr.tau == 0.384 / 144
+
+
+def test_inr_heads_reaches_the_inr_and_splits_its_attention(tmp_path):
+    """--inr_heads is an architecture key: the model is built with it, a checkpoint without it reads as 0 (the
+    preset's), and with 8 heads each coordinate mixes the tokens with 8 separate weightings, not 2."""
+    cfg = train.parse_config(['--inr_heads', '8'])
+    m = inrct_model.build_model(**train.model_args(cfg))
+    assert m.inr.heads == 8 and inrct_model.build_model(**train.model_args(train.parse_config([]))).inr.heads == 2
+    path = str(tmp_path / 'ckpt.pt')
+    train.save_checkpoint({'config': {k: v for k, v in cfg.items() if k != 'inr_heads'}}, path)
+    with pytest.raises(ValueError, match='inr_heads=0 .now 8.'):
+        train.load_checkpoint(path, cfg)
+    torch.manual_seed(0)
+    beta, coords = torch.randn(1, 64, 64), torch.rand(1, 5, 2) * 2 - 1
+    q = m.inr.heads_split(m.inr.to_q(inrct_inr.positional_encoding(coords, m.inr.num_freqs, m.inr.pe_sigma)))
+    a = torch.softmax(q @ m.inr.heads_split(m.inr.to_k(beta)).transpose(-1, -2) * q.shape[-1] ** -0.5, -1)
+    assert a.shape == (1, 8, 5, 64) and (a[0, 0] - a[0, 1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match='does not divide into 3 attention heads'):
+        inrct_model.build_model(**train.model_args(dict(cfg, inr_heads=3)))
 
 
 # --- sampling and encoding -------------------------------------------------------------------------
