@@ -345,12 +345,18 @@ class RAdam(torch.optim.RAdam):
 
 
 def step_lr(step, cfg, lcfg):
-    """lr in the warm-up, stage0_lr in stage 0 after it (if set), lr_full from then on (0: lr)."""
+    """lr in the warm-up, stage0_lr in stage 0 after it (if set), lr_full from then on (0: lr). stage0_decay > 0: over
+    stage 0's last stage0_decay steps its lr falls linearly towards the consistency stages' lr (a cool-down)."""
     if step < cfg['warmup_iters']:
         return cfg['lr']
+    after = cfg['lr_full'] or cfg['lr']
     if cfg.get('stage0_lr') and ect_stage(step, lcfg) == 0:
-        return cfg['stage0_lr']
-    return cfg['lr_full'] or cfg['lr']
+        left = lcfg.warmup_iters + (lcfg.stage0_iters or lcfg.d) - step  # steps of stage 0 from this one on, >= 1
+        n = cfg.get('stage0_decay', 0)
+        if left > n:
+            return cfg['stage0_lr']
+        return after + (cfg['stage0_lr'] - after) * left / n
+    return after
 
 
 def train_step(net, model, ema, teacher, opt, loss_fn, micro_batch, accum, step, cfg, autocast=nullcontext(),

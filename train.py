@@ -71,6 +71,7 @@ stage0_edm = False        # stage 0 as EDM pretraining (ECT starts from such a m
 stage0_metric = 'l2'      # L_gene's distance in that stage: 'l2' (the norm, whose minimiser is the posterior's median)
                           # | 'mse' (a t-weighted squared error with the norm's pull, whose minimiser is the mean)
 stage0_lr = 0.0           # lr of stage 0 (0 = lr_full): denoising takes a higher lr than the consistency stages
+stage0_decay = 0          # steps at the end of stage 0 over which its lr falls linearly to lr_full (0 = none)
 weighting = 'inv_dt'      # w(t) = 1/(t - r) | 'ect': times c_out(t) without query_skip | 'uniform': t/(t - r)
                           # | 'uniform_gene': t/(t - r) for L_gene, 1/(t - r) for L_recon and L_diff
 ema_decay = 0.9999
@@ -185,7 +186,7 @@ CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels')
            'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('inr_tokens', 'inr_heads', 'conv_stem', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'ect_max_stage', 'lr_full',
+NON_NEGATIVE = ('inr_tokens', 'inr_heads', 'conv_stem', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'stage0_decay', 'ect_max_stage', 'lr_full',
                 'stage0_lr', 'grad_clip', 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff',
                 'max_minutes')
 POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
@@ -213,6 +214,8 @@ def check_config(cfg):
         bad.append(f"--micro_batch {cfg['micro_batch']} is larger than --batch_size {cfg['batch_size']}")
     if cfg['device'] == 'cuda' and not torch.cuda.is_available():
         bad.append(f"--device cuda: no CUDA device is visible (torch {torch.__version__}); use --device cpu or auto")
+    if cfg['stage0_decay'] and not cfg['stage0_lr']:
+        bad.append("--stage0_decay cools stage 0's own lr down: set --stage0_lr too (or --stage0_decay 0)")
     if cfg['resume'] and cfg['overwrite']:
         bad.append("--resume and --overwrite exclude each other: continue the checkpoint, or start over")
     if bad:

@@ -434,3 +434,6 @@ def test_step_lr_by_phase():
     assert [step_lr(s, cfg, lcfg) for s in (0, 1, 2, 7, 8, 20)] == [1e-3, 1e-3, 5e-4, 5e-4, 1e-4, 1e-4]
     assert [step_lr(s, {**cfg, 'stage0_lr': 0.0}, lcfg) for s in (1, 2, 8)] == [1e-3, 1e-4, 1e-4]
     assert [step_lr(s, {**cfg, 'stage0_lr': 0.0, 'lr_full': 0.0}, lcfg) for s in (1, 2, 8)] == [1e-3, 1e-3, 1e-3]
+    # stage0_decay 3: stage 0 is steps 2-7, so steps 5, 6, 7 (3, 2, 1 steps left) fall linearly towards lr_full
+    decay = [step_lr(s, {**cfg, 'stage0_decay': 3}, lcfg) for s in (4, 5, 6, 7, 8)]
+    assert decay == pytest.approx([5e-4, 5e-4, 1e-4 + 4e-4 * 2 / 3, 1e-4 + 4e-4 / 3, 1e-4], rel=1e-12)
