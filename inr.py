@@ -87,6 +87,8 @@ class Modality:
     elsewhere the LossConfig a checkpoint was trained with."""
     data_kind = 'images'          # what a dataset must hold: its `data_kind` ('images' when it has none)
     generates_from_data = False   # whether generation needs the dataset (NeRF: its cameras); images need none
+    reads_its_target = False      # whether the signal the network reads is its target (images; a NeRF's target is
+                                  # another view): --distill steps the ODE of what it reads to make the target
 
     def check_dataset(self, dataset, name):
         """Refuse data of another kind (scenes or voxel grids for an image INR, images for a NeRF, ...)."""
@@ -115,6 +117,7 @@ def to_device(obj, device):
 class ImageModality(Modality):
     """The image INRs' answers (ImageINR, PixelINR): a batch is images on the pixel grid, generation starts from
     T z on that grid, metrics score images."""
+    reads_its_target = True
 
     def read_batch(self, dataset, indices, cfg, cpu_generator):
         """The images of one micro-batch, uint8 (B, H, W, 3) on the CPU (cpu_generator: for random draws; unused)."""

@@ -40,6 +40,8 @@ class LossConfig:
     stage0_edm: bool = False    # stage 0 as EDM pretraining: t ~ LogNormal(EDM_P), every term weighted 1 (edm_stage)
     stage0_metric: str = 'l2'   # L_gene's distance in that stage: 'l2' (the norm) | 'mse' (posterior_mean_distance)
     t_mid: float = 0.821        # 2-step sampling: the noise level the 1-step sample is noised back to (ECT, iCT)
+    distill: bool = False       # from stage 1 on, the target's input at r is one Euler step of a frozen denoiser's ODE
+                                # from x_t (consistency distillation, CD), not x_t's own noise scaled to r (CT)
 
 
 EDM_P = (-1.2, 1.2)  # EDM's training LogNormal(P_mean, P_std) of t
@@ -146,6 +148,12 @@ def ode_sample(denoise, x, times):
     return x
 
 
+def ode_step(denoiser, x_t, t, r, query, cfg):
+    """One Euler step of the probability-flow ODE dx/dt = (x - D(x, t)) / t from t to r (EDM), D the denoiser's f."""
+    d, _ = consistency_fn(denoiser, x_t, x_t, t, query, cfg)
+    return x_t + bcast((r - t) / t, x_t) * (x_t - d)
+
+
 # --- time schedule (ECT continuous time) -------------------------------------------------------------
 def ect_stage(step, cfg):
     """0 during warm-up and the stage0_iters after it, then 1 + floor(steps since / d), capped at max_stage."""
@@ -247,10 +255,12 @@ class INRCTLoss:
     shared_noise True (images: support and target are the same signal): one noise z for both, O_s_t = O_q_t (Eq. 13);
     False (NeRF: the query rays are another view): an independent draw for the target.
     teacher: the network used for the no-grad target at r (default: net itself, ECT/iCT).
+    denoiser: with cfg.distill, the frozen network whose ODE step from x_t gives the target's input at r (train.py
+    sets it to the EMA weights at the start of stage 1).
     """
 
-    def __init__(self, cfg: LossConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: LossConfig, denoiser=None):
+        self.cfg, self.denoiser = cfg, denoiser
 
     def __call__(self, net, batch, step, generator=None, teacher=None):
         cfg = self.cfg
@@ -270,13 +280,19 @@ class INRCTLoss:
         f_r = target
         boundary = r <= cfg.t_min
         if l1 > 0 and ect_stage(step, cfg) > 0:  # stage 0: r = 0 everywhere (read from the schedule: no device sync)
+            r_safe = torch.where(boundary, torch.full_like(r, cfg.t_min), r)
+            support_r, target_r = support + bcast(r_safe, z_s) * z_s, target + bcast(r_safe, z_q) * z_q
+            if cfg.distill:  # CD: the point the denoiser's ODE reaches from x_t, so f follows that ODE's trajectories
+                if self.denoiser is None or not batch['shared_noise']:
+                    raise ValueError("distill needs a frozen denoiser (INRCTLoss(cfg, denoiser)) and a signal that is "
+                                     "both what the network reads and the target (images)")
+                with torch.no_grad():
+                    support_r = target_r = ode_step(self.denoiser, support + bcast(t, z_s) * z_s, t, r_safe, query, cfg)
             torch.random.set_rng_state(rng[0])
             if rng[1] is not None:
                 torch.cuda.set_rng_state(rng[1])
-            r_safe = torch.where(boundary, torch.full_like(r, cfg.t_min), r)
             with torch.no_grad():
-                f_r, _ = consistency_fn(teacher or net, support + bcast(r_safe, z_s) * z_s,
-                                        target + bcast(r_safe, z_q) * z_q, r_safe, query, cfg)
+                f_r, _ = consistency_fn(teacher or net, support_r, target_r, r_safe, query, cfg)
             f_r = torch.where(bcast(boundary, target), target, f_r)
 
         m_recon, m_diff = recon_mask(t, cfg), diff_mask(t, cfg)

@@ -72,6 +72,8 @@ stage0_metric = 'l2'      # L_gene's distance in that stage: 'l2' (the norm, who
                           # | 'mse' (a t-weighted squared error with the norm's pull, whose minimiser is the mean)
 stage0_lr = 0.0           # lr of stage 0 (0 = lr_full): denoising takes a higher lr than the consistency stages
 stage0_decay = 0          # steps at the end of stage 0 over which its lr falls linearly to lr_full (0 = none)
+distill = False           # consistency distillation from stage 1 on: the target follows the ODE of the EMA denoiser
+                          # frozen at stage 1's start (saved in the checkpoint), not x_t's own noise (images only)
 weighting = 'inv_dt'      # w(t) = 1/(t - r) | 'ect': times c_out(t) without query_skip | 'uniform': t/(t - r)
                           # | 'uniform_gene': t/(t - r) for L_gene, 1/(t - r) for L_recon and L_diff
 ema_decay = 0.9999
@@ -230,7 +232,7 @@ def loss_config(cfg):
                       shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], metric=cfg['metric'],
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
                       P_mean=cfg['p_mean'], P_std=cfg['p_std'], stage0_edm=cfg['stage0_edm'], t_mid=cfg['t_mid'],
-                      stage0_metric=cfg['stage0_metric'],
+                      stage0_metric=cfg['stage0_metric'], distill=cfg['distill'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 
@@ -301,6 +303,9 @@ def main(argv):
     model = build_model(**model_args(cfg)).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg['teacher_ema'] > 0 else None
+    if cfg['distill'] and not model.inr.reads_its_target:
+        raise ValueError(f"--distill steps the ODE of the signal the network reads, and with --modality "
+                         f"{cfg['modality']} that is not the target; train it with --distill false")
     opt = RAdam(model.parameters(), lr=cfg['lr'])
     if master:
         print(json.dumps(cfg, indent=1))
@@ -316,6 +321,9 @@ def main(argv):
 
     step = 0
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    lcfg = loss_config(cfg)
+    stage1 = lcfg.warmup_iters + (lcfg.stage0_iters or lcfg.d)  # the step at which --distill freezes its denoiser
+    denoiser = None
     if cfg['resume']:
         ckpt = load_checkpoint(ckpt_path, cfg)
         model.load_state_dict(ckpt['model'])
@@ -325,6 +333,12 @@ def main(argv):
         opt.load_state_dict(ckpt['optimizer'])
         step = ckpt['step']
         torch.set_rng_state(ckpt['rng'])
+        if cfg['distill'] and ckpt.get('denoiser') is not None:
+            denoiser = copy.deepcopy(ema).requires_grad_(False).eval()
+            denoiser.load_state_dict(ckpt['denoiser'])
+        elif cfg['distill'] and step > stage1:
+            raise ValueError(f"--distill: {ckpt_path} is at step {step}, past stage 1's start ({stage1}), and holds no "
+                             f"frozen denoiser; resume a checkpoint from step {stage1} or before, or --distill false")
         if master:
             print(f"resumed from {ckpt_path} at step {step}")
     if master:
@@ -332,7 +346,7 @@ def main(argv):
     net = DDP(model, device_ids=[local_rank] if use_cuda else None) if ddp else model
     if cfg['compile']:
         net = torch.compile(net)
-    loss_fn = INRCTLoss(loss_config(cfg))
+    loss_fn = INRCTLoss(lcfg, denoiser)
 
     def checkpoint():
         """Write ckpt.pt unless the weights are not finite or the last step was (then the old file stays)."""
@@ -345,6 +359,7 @@ def main(argv):
             return False
         save_checkpoint({'model': model.state_dict(), 'ema': ema.state_dict(), 'optimizer': opt.state_dict(),
                          'teacher': teacher.state_dict() if teacher is not None else None,
+                         'denoiser': denoiser.state_dict() if denoiser is not None else None,
                          'step': step, 'config': cfg, 'model_args': model_args(cfg),
                          'loss': asdict(loss_fn.cfg), 'rng': torch.get_rng_state()}, ckpt_path)
         return True
@@ -362,6 +377,8 @@ def main(argv):
     try:
         while step < cfg['max_iters']:
             warm = step < cfg['warmup_iters']
+            if cfg['distill'] and denoiser is None and step >= stage1:
+                denoiser = loss_fn.denoiser = copy.deepcopy(ema).requires_grad_(False).eval()
             raws = next(batches)  # this step's micro-batches, read on the CPU (by workers when num_workers > 0)
 
             def micro_batch(m):  # the batch and RNG of micro-step m of this rank (seeded by step and slot)

@@ -1,5 +1,6 @@
 """Preconditioning, ECT schedule, masks, ETS warm-up and the composed loss, against SPEC formulas/values."""
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -207,6 +208,52 @@ def test_loss_composes_the_three_terms_as_eq17(step):
     assert loss.item() == pytest.approx(eq17_by_hand(f, x, t, r, step, cfg).item(), rel=1e-5)
     assert parts['stage'] == ect_stage(step, cfg) and parts['warmup'] == int(step < 10)
     assert parts['frac_recon'] == pytest.approx((t < cfg.t_eps1).double().mean().item())
+
+
+class Constant(torch.nn.Module):
+    """A stand-in denoiser that renders one fixed image, whatever it reads."""
+
+    def __init__(self, image):
+        super().__init__()
+        self.image = image
+
+    def forward(self, support, cn, query):
+        return self.image.expand_as(support)
+
+
+def test_distill_follows_the_denoisers_ode_and_with_the_exact_one_is_consistency_training():
+    """CD's target input is the Euler step x_t + (r - t)(x_t - D(x_t, t))/t. For a dataset of one image x0 the exact
+    denoiser is D = x0, and the step lands on x0 + r z, CT's own point: the two losses agree. With D = 0 (the mean of
+    zero-mean data) the step is x_t r/t, and the loss is Eq. 17 with the teacher read there."""
+    cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5, query_skip=False)
+    cd = dataclasses.replace(cfg, distill=True)
+    net, step = LinearNet(), 35  # stage 2
+    x0 = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    x = x0.expand(16, -1, -1, -1).clone()
+    batch = {'support': x, 'target': x, 'query': None, 'shared_noise': True}
+    (ct_loss, _), t, z, r = loss_and_draws(cfg, net, x, x, step)
+    cd_loss, _ = INRCTLoss(cd, Constant(x0))(net, batch, step, torch.Generator().manual_seed(3))
+    assert (r > cfg.t_min).any() and cd_loss.item() == pytest.approx(ct_loss.item(), rel=1e-9)
+
+    y = torch.randn(16, 3, 4, 4, dtype=torch.float64)
+    zero, _ = INRCTLoss(cd, Constant(torch.zeros(1, 3, 4, 4, dtype=torch.float64)))(
+        net, {**batch, 'support': y, 'target': y}, step, torch.Generator().manual_seed(3))
+
+    def f(s, inp):  # f = the render alone without the query skip
+        s4 = s[:, None, None, None]
+        return net.a * c_in(s4, cfg) * inp + net.b * c_noise(s4)
+    with torch.no_grad():
+        t4, r4, boundary = t[:, None, None, None], r[:, None, None, None], r <= cfg.t_min
+        x_t = y + t4 * z
+        f_r = torch.where(boundary[:, None, None, None], y, f(r.clamp(min=cfg.t_min), x_t * r4 / t4))
+        norm = lambda d: d.flatten(1).norm(dim=1)  # noqa: E731
+        f_t = f(t, x_t)
+        by_hand = (1 / (t - r) * (norm(f_t - f_r) + norm(f_t - y) * (t < cfg.t_eps1)
+                                  + norm(f_t - y) * (t < cfg.t_eps2))).mean()
+    assert zero.item() == pytest.approx(by_hand.item(), rel=1e-6)  # t is drawn in float32
+    assert abs(zero.item() - loss_and_draws(cfg, net, y, y, step)[0][0].item()) > 1e-3 * zero.item()
+    with pytest.raises(ValueError, match='distill needs a frozen denoiser'):
+        INRCTLoss(cd)(net, batch, step, torch.Generator().manual_seed(3))
 
 
 # stage 0 (every term pulls towards the clean target), stage 2; without the query skip only stage 0, since the

@@ -142,6 +142,33 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
         assert rec['loss'] == pytest.approx(expected[rec['step']], rel=1e-5), rec['step']
 
 
+def test_distill_freezes_its_denoiser_in_the_checkpoint_and_resumes_exactly(tmp_path):
+    """--distill snapshots the EMA at stage 1's start (step 4 here) into the checkpoint: a run stopped at step 7 and
+    resumed repeats the uninterrupted one; a checkpoint past step 4 without a denoiser is refused with the fix."""
+    ref, cut, plain = (str(tmp_path / n) for n in ('ref', 'cut', 'plain'))
+    args = [sys.executable, 'train.py', *FAST, '--max_iters', '12', '--lr_full', '3e-4', '--distill', 'true']
+    for a in ([*args, '--out_dir', ref], [*args, '--out_dir', cut, '--max_iters', '7'],
+              [*args, '--out_dir', cut, '--resume'], [*args, '--out_dir', plain, '--distill', 'false']):
+        r = run(a)
+        assert r.returncode == 0, r.stderr[-2000:]
+    expected = {rec['step']: rec['loss'] for rec in read_log(ref) if 'loss' in rec}
+    resumed = [rec for rec in read_log(cut) if 'loss' in rec][7:]
+    assert [rec['step'] for rec in resumed] == list(range(8, 13))
+    for rec in resumed:
+        assert rec['loss'] == pytest.approx(expected[rec['step']], rel=1e-5), rec['step']
+    ckpt = torch.load(os.path.join(ref, 'ckpt.pt'), weights_only=True)
+    assert ckpt['denoiser'] is not None and not torch.equal(ckpt['denoiser']['hyper.embed.weight'],
+                                                            ckpt['ema']['hyper.embed.weight'])
+    # the same run without --distill: the same losses up to stage 1, others once a teacher target moves the weights
+    other = {rec['step']: rec['loss'] for rec in read_log(plain) if 'loss' in rec}
+    assert all(other[s] == pytest.approx(expected[s], rel=1e-6) for s in range(1, 5))
+    assert other[12] != pytest.approx(expected[12], rel=1e-4)
+    r = run([*args, '--out_dir', plain, '--resume', '--max_iters', '14'])
+    assert r.returncode != 0 and 'past stage 1\'s start (4), and holds no frozen denoiser' in r.stderr
+    r = run([sys.executable, 'train.py', '--dataset', 'shapes3d', '--distill', 'true', '--dry_run'])
+    assert r.returncode != 0 and 'with --modality nerf that is not the target' in r.stderr
+
+
 def test_lr_full_takes_over_when_the_warm_up_ends(tmp_path):
     out = str(tmp_path / 'run')
     r = run([sys.executable, 'train.py', *FAST, '--lr', '1e-3', '--lr_full', '1e-4', '--out_dir', out])
