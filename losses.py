@@ -155,9 +155,14 @@ def ode_step(denoiser, x_t, t, r, query, cfg):
 
 
 # --- time schedule (ECT continuous time) -------------------------------------------------------------
+def stage1_start(cfg):
+    """The first step of stage 1: after the warm-up and stage 0's stage0_iters (0: d) steps."""
+    return cfg.warmup_iters + (cfg.stage0_iters or cfg.d)
+
+
 def ect_stage(step, cfg):
     """0 during warm-up and the stage0_iters after it, then 1 + floor(steps since / d), capped at max_stage."""
-    s = step - cfg.warmup_iters - (cfg.stage0_iters or cfg.d)
+    s = step - stage1_start(cfg)
     a = 0 if s < 0 else 1 + s // cfg.d
     return min(a, cfg.max_stage) if cfg.max_stage > 0 else a
 
@@ -274,20 +279,22 @@ class INRCTLoss:
 
         # grad forward at t; remember the RNG so the teacher pass draws the same dropout mask
         rng = torch.random.get_rng_state(), (torch.cuda.get_rng_state() if dev.type == 'cuda' else None)
-        f_t, raw_t = consistency_fn(net, support + bcast(t, z_s) * z_s, target + bcast(t, z_q) * z_q, t, query, cfg)
+        support_t = support + bcast(t, z_s) * z_s
+        f_t, raw_t = consistency_fn(net, support_t, target + bcast(t, z_q) * z_q, t, query, cfg)
 
         # no-grad target at r; r <= t_min is the boundary f(x, ~0) = clean O_q (always so in stage 0)
         f_r = target
         boundary = r <= cfg.t_min
         if l1 > 0 and ect_stage(step, cfg) > 0:  # stage 0: r = 0 everywhere (read from the schedule: no device sync)
             r_safe = torch.where(boundary, torch.full_like(r, cfg.t_min), r)
-            support_r, target_r = support + bcast(r_safe, z_s) * z_s, target + bcast(r_safe, z_q) * z_q
             if cfg.distill:  # CD: the point the denoiser's ODE reaches from x_t, so f follows that ODE's trajectories
                 if self.denoiser is None or not batch['shared_noise']:
                     raise ValueError("distill needs a frozen denoiser (INRCTLoss(cfg, denoiser)) and a signal that is "
                                      "both what the network reads and the target (images)")
                 with torch.no_grad():
-                    support_r = target_r = ode_step(self.denoiser, support + bcast(t, z_s) * z_s, t, r_safe, query, cfg)
+                    support_r = target_r = ode_step(self.denoiser, support_t, t, r_safe, query, cfg)
+            else:  # CT: x_t's own noise scaled to r
+                support_r, target_r = support + bcast(r_safe, z_s) * z_s, target + bcast(r_safe, z_q) * z_q
             torch.random.set_rng_state(rng[0])
             if rng[1] is not None:
                 torch.cuda.set_rng_state(rng[1])
@@ -367,7 +374,7 @@ def step_lr(step, cfg, lcfg):
         return cfg['lr']
     after = cfg['lr_full'] or cfg['lr']
     if cfg.get('stage0_lr') and ect_stage(step, lcfg) == 0:
-        left = lcfg.warmup_iters + (lcfg.stage0_iters or lcfg.d) - step  # steps of stage 0 from this one on, >= 1
+        left = stage1_start(lcfg) - step  # steps of stage 0 from this one on, >= 1
         n = cfg.get('stage0_decay', 0)
         if left > n:
             return cfg['stage0_lr']

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import DATASETS, load_split, step_generator, step_loader
-from losses import INRCTLoss, LossConfig, RAdam, t_mid_error, train_step
+from losses import INRCTLoss, LossConfig, RAdam, stage1_start, t_mid_error, train_step
 from model import MODALITIES, INRCT_models, build_model, count_params, pick_device, read_checkpoint, save_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -246,6 +246,11 @@ def model_args(cfg):
                 conv_stem=cfg['conv_stem'], inr_heads=cfg['inr_heads'])
 
 
+def frozen_copy(module):
+    """A copy for no-grad use only (the EMA, --distill's denoiser): no gradients, eval mode (no dropout)."""
+    return copy.deepcopy(module).requires_grad_(False).eval()
+
+
 def load_checkpoint(path, cfg=None):
     """Load a checkpoint on CPU; with cfg, refuse one whose architecture keys differ."""
     ckpt = read_checkpoint(path)
@@ -301,7 +306,7 @@ def main(argv):
     # --- model, optimiser, EMA, data ---
     torch.manual_seed(cfg['seed'])
     model = build_model(**model_args(cfg)).to(dev)
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    ema = frozen_copy(model)
     teacher = copy.deepcopy(model).requires_grad_(False) if cfg['teacher_ema'] > 0 else None
     if cfg['distill'] and not model.inr.reads_its_target:
         raise ValueError(f"--distill steps the ODE of the signal the network reads, and with --modality "
@@ -322,7 +327,7 @@ def main(argv):
     step = 0
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
     lcfg = loss_config(cfg)
-    stage1 = lcfg.warmup_iters + (lcfg.stage0_iters or lcfg.d)  # the step at which --distill freezes its denoiser
+    stage1 = stage1_start(lcfg)  # the step at which --distill freezes its denoiser
     denoiser = None
     if cfg['resume']:
         ckpt = load_checkpoint(ckpt_path, cfg)
@@ -334,7 +339,7 @@ def main(argv):
         step = ckpt['step']
         torch.set_rng_state(ckpt['rng'])
         if cfg['distill'] and ckpt.get('denoiser') is not None:
-            denoiser = copy.deepcopy(ema).requires_grad_(False).eval()
+            denoiser = frozen_copy(ema)
             denoiser.load_state_dict(ckpt['denoiser'])
         elif cfg['distill'] and step > stage1:
             raise ValueError(f"--distill: {ckpt_path} is at step {step}, past stage 1's start ({stage1}), and holds no "
@@ -378,7 +383,7 @@ def main(argv):
         while step < cfg['max_iters']:
             warm = step < cfg['warmup_iters']
             if cfg['distill'] and denoiser is None and step >= stage1:
-                denoiser = loss_fn.denoiser = copy.deepcopy(ema).requires_grad_(False).eval()
+                denoiser = loss_fn.denoiser = frozen_copy(ema)
             raws = next(batches)  # this step's micro-batches, read on the CPU (by workers when num_workers > 0)
 
             def micro_batch(m):  # the batch and RNG of micro-step m of this rank (seeded by step and slot)
