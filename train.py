@@ -364,7 +364,7 @@ def main(argv):
             return False
         save_checkpoint({'model': model.state_dict(), 'ema': ema.state_dict(), 'optimizer': opt.state_dict(),
                          'teacher': teacher.state_dict() if teacher is not None else None,
-                         'denoiser': denoiser.state_dict() if denoiser is not None else None,
+                         'denoiser': loss_fn.denoiser.state_dict() if loss_fn.denoiser is not None else None,
                          'step': step, 'config': cfg, 'model_args': model_args(cfg),
                          'loss': asdict(loss_fn.cfg), 'rng': torch.get_rng_state()}, ckpt_path)
         return True
@@ -382,8 +382,8 @@ def main(argv):
     try:
         while step < cfg['max_iters']:
             warm = step < cfg['warmup_iters']
-            if cfg['distill'] and denoiser is None and step >= stage1:
-                denoiser = loss_fn.denoiser = frozen_copy(ema)
+            if cfg['distill'] and loss_fn.denoiser is None and step >= stage1:
+                loss_fn.denoiser = frozen_copy(ema)
             raws = next(batches)  # this step's micro-batches, read on the CPU (by workers when num_workers > 0)
 
             def micro_batch(m):  # the batch and RNG of micro-step m of this rank (seeded by step and slot)
