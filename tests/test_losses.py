@@ -228,14 +228,14 @@ def test_distill_follows_the_denoisers_ode_and_with_the_exact_one_is_consistency
     cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5, query_skip=False)
     cd = dataclasses.replace(cfg, distill=True)
     net, step = LinearNet(), 35  # stage 2
-    x0 = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    x0 = torch.randn(1, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     x = x0.expand(16, -1, -1, -1).clone()
     batch = {'support': x, 'target': x, 'query': None, 'shared_noise': True}
     (ct_loss, _), t, z, r = loss_and_draws(cfg, net, x, x, step)
     cd_loss, _ = INRCTLoss(cd, Constant(x0))(net, batch, step, torch.Generator().manual_seed(3))
     assert (r > cfg.t_min).any() and cd_loss.item() == pytest.approx(ct_loss.item(), rel=1e-9)
 
-    y = torch.randn(16, 3, 4, 4, dtype=torch.float64)
+    y = torch.randn(16, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     zero, _ = INRCTLoss(cd, Constant(torch.zeros(1, 3, 4, 4, dtype=torch.float64)))(
         net, {**batch, 'support': y, 'target': y}, step, torch.Generator().manual_seed(3))
 
@@ -251,7 +251,9 @@ def test_distill_follows_the_denoisers_ode_and_with_the_exact_one_is_consistency
         by_hand = (1 / (t - r) * (norm(f_t - f_r) + norm(f_t - y) * (t < cfg.t_eps1)
                                   + norm(f_t - y) * (t < cfg.t_eps2))).mean()
     assert zero.item() == pytest.approx(by_hand.item(), rel=1e-6)  # t is drawn in float32
-    assert abs(zero.item() - loss_and_draws(cfg, net, y, y, step)[0][0].item()) > 1e-3 * zero.item()
+    # and CT's loss on the same draws is another number, told apart well beyond the tolerance above (the step's
+    # change of x_r, y (1 - r/t), is small at stage 2, and the small-t anchor terms, alike in both, dominate)
+    assert abs(zero.item() - loss_and_draws(cfg, net, y, y, step)[0][0].item()) > 1e-4 * zero.item()
     with pytest.raises(ValueError, match='distill needs a frozen denoiser'):
         INRCTLoss(cd)(net, batch, step, torch.Generator().manual_seed(3))
 
