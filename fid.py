@@ -219,8 +219,8 @@ def load_inception(path='', device='cpu'):
 SHAPE_SEED = 20_261_201     # the images the shape network learns from and is validated on: not a dataset split
 SHAPE_KINDS = ('disc', 'square', 'triangle', 'ring')
 SHAPE_NET = 'shape_features_v2'  # the cache's name: v2 is trained on one thread (v1 on all of them)
-# train_shape_net's output, shipped: even on one thread its training differs between CPUs of one kind enough to move
-# the reference sets (a 1 px blur's recall 0.39 on one, 0.42 on another), so figures compare only with one net
+# train_shape_net's output, shipped: even on one thread its training differs between CPUs of one kind, enough to move
+# recall, and figures compare only when scored by one net
 SHIPPED_SHAPE_NET = Path(__file__).resolve().parent / 'assets' / f'{SHAPE_NET}.pt'
 
 
