@@ -17,11 +17,13 @@ for it; then the training step on the loader's batches next to the step on one b
 import argparse
 import copy
 import json
+from math import prod
 import resource
 import statistics
 import time
 
 import torch
+import torch.utils.flop_counter as flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from data import load_dataset, step_loader
@@ -54,8 +56,21 @@ def gemm_flops(device, dtype, n=2048, repeats=10):
     return 2 * n ** 3 / timed(lambda: a @ b, device, 3, repeats, reduce=min)
 
 
+def conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                        output_padding, groups, output_mask, out_shape=None, **kw):
+    """torch's count for a conv's backward, but grouped convs (--token_conv's depthwise ones) at their true cost:
+    torch counts them as if ungrouped (512x too many for a depthwise conv of 512 channels). Each of grad-input and
+    grad-weight costs one forward, 2 * prod(grad_out) * prod(w[1:])."""
+    if groups == 1 or transposed:
+        return flop_counter.conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,
+                                               transposed, output_padding, groups, output_mask, out_val=out_shape)
+    forward = 2 * prod(grad_out_shape) * prod(w_shape[1:])
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def count_flops(fn):
-    with FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten.convolution_backward: conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -83,6 +98,7 @@ def main():
     p.add_argument('--resolution', type=int, default=32)
     p.add_argument('--patch', type=int, default=4)
     p.add_argument('--batch', type=int, default=16)
+    p.add_argument('--token_conv', type=int, default=0, help="train.py's --token_conv (kernel; 0: off)")
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--compile', action='store_true')
@@ -109,7 +125,7 @@ def main():
     data = load_dataset(a.dataset, 'train', a.resolution, a.data_dir, cache_dir=a.cache_dir) if a.dataset else None
     modality = MODALITY_FOR[getattr(data, 'data_kind', 'images')]
     model = build_model(a.preset, a.resolution, a.patch, float(a.resolution), modality=modality,
-                        n_samples=32).to(dev)
+                        n_samples=32, token_conv=a.token_conv).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     net = torch.compile(model) if a.compile else model
     opt = losses.RAdam(model.parameters(), lr=1e-4)

@@ -61,6 +61,9 @@ w = d['data_samples_per_s_4_workers']; print(f'model {m:.0f} img/s, data with 4 
     echo "== bench.py with torch.compile (inductor)"
     check python bench.py --preset "$PRESET" --batch "$B" --device "$DEVICE" --compile \
         --json "$OUT/bench_compile_b$B.json"
+    echo "== the same with the token-grid conv (--token_conv 3: depthwise convs inside the feed-forwards)"
+    check python bench.py --preset "$PRESET" --batch "$B" --device "$DEVICE" --compile --token_conv 3 \
+        --json "$OUT/bench_compile_tokenconv_b$B.json"
     date
     rm -rf "$RUN"
     if [ "$failed" = 1 ]; then echo "gpu_check: some checks FAILED (above)"; exit 1; fi

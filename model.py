@@ -40,6 +40,7 @@ class HyperConfig:
     time_embed: str = 'positional'  # 'positional' (EDM: sinusoids of c_noise) | 'fourier' (iCT: random frequencies)
     time_scale: float = 1.0    # positional: c_noise is multiplied by this; fourier: std of the frequencies (rad per unit c_noise)
     conv_stem: int = 0         # channels of a full-resolution conv stem added to the linear patch embedding; 0: off
+    token_conv: int = 0        # kernel of a depthwise conv over the token grid inside every feed-forward; 0: off
 
 
 # Named presets (paper App. B.2). 'inr' keys configure inr.ImageINR; 'patch' sets token_dim and grid.
@@ -157,14 +158,42 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, N, D))
 
 
+class TokenConv(nn.Module):
+    """A depthwise k^n conv over tokens laid out as views of a side^n grid (B, views * side^n, C) -> same shape.
+
+    Attention has to learn that neighbouring patches belong together; a conv over the token grid has it built in,
+    as in a U-Net. Zero at init, so a model with it starts as the one without.
+    """
+
+    def __init__(self, channels, side, dims, kernel):
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ValueError(f"token_conv kernel {kernel} is even: an odd one (3, 5, ...) keeps the token grid's size")
+        self.side, self.dims = side, dims
+        self.conv = getattr(nn, f'Conv{dims}d')(channels, channels, kernel, padding=kernel // 2, groups=channels)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, h):
+        B, L, C = h.shape
+        g = h.reshape(-1, *[self.side] * self.dims, C).movedim(-1, 1)               # (B * views, C, side, ...)
+        return self.conv(g).movedim(1, -1).reshape(B, L, C)
+
+
 class FeedForward(nn.Module):
-    def __init__(self, dim, ff_dim, dropout=0.0):
+    """Linear, GELU, Linear; with `conv` (a TokenConv over the hidden units) a locally mixing feed-forward."""
+
+    def __init__(self, dim, ff_dim, dropout=0.0, conv=None):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(approximate='tanh'),
                                  nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.conv = conv
 
     def forward(self, x):
-        return self.net(x)
+        if self.conv is None:
+            return self.net(x)
+        h = self.net[1](self.net[0](x))
+        return self.net[3](self.net[2](h + self.conv(h)))
 
 
 def modulate(x, shift, scale):
@@ -179,7 +208,8 @@ class EncoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
         self.norm2 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
-        self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout)
+        conv = TokenConv(cfg.ff_dim, cfg.grid, cfg.grid_dims, cfg.token_conv) if cfg.token_conv else None
+        self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout, conv)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
     def forward(self, x, c):  # x (B, L, D), c (B, D)
@@ -201,7 +231,10 @@ class DecoderBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.dim) for _ in range(3))
         self.self_attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
         self.cross_attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
-        self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout)
+        side = round(cfg.inr_tokens ** (1 / cfg.grid_dims))  # INR tokens on a grid when their count allows it
+        conv = (TokenConv(cfg.ff_dim, side, cfg.grid_dims, cfg.token_conv)
+                if cfg.token_conv and side ** cfg.grid_dims == cfg.inr_tokens else None)
+        self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout, conv)
 
     def forward(self, x, memory, c):  # x (B, K, D), memory (B, L, D), c (B, D)
         x = x + self.time(c)[:, None]
@@ -336,7 +369,7 @@ MODALITIES = ('image', 'nerf', 'occupancy')  # what build_model can build; each 
 
 def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.0, modality='image',
                 near=0.8, far=1.8, n_samples=64, local_gate=1.0, sigma_data=0.5, time_embed='positional',
-                time_scale=1.0, inr='anr', inr_tokens=0, conv_stem=0, inr_heads=0):
+                time_scale=1.0, inr='anr', inr_tokens=0, conv_stem=0, inr_heads=0, token_conv=0):
     """The INRCT model for a named preset at a training resolution; modality 'image' (inr 'anr' or 'pixels'), 'nerf'
     or 'occupancy' (resolution^3 voxel grids, patch^3 tokens). inr_tokens / inr_heads > 0 replace the preset's token
     count / the INR's attention heads."""
@@ -371,7 +404,7 @@ def build_model(preset='tiny', resolution=32, patch=4, pe_sigma=32.0, dropout=0.
         token_dim=token_dim, grid=resolution // patch, grid_dims=3 if modality == 'occupancy' else 2, dim=p['dim'], ff_dim=p['ff_dim'], heads=p['heads'],
         enc_depth=p['enc_depth'], dec_depth=p['dec_depth'], inr_tokens=tokens, inr_token_dim=p['inr_token_dim'],
         dropout=dropout, local_gate=local_gate, sigma_data=sigma_data, time_embed=time_embed, time_scale=time_scale,
-        conv_stem=conv_stem, patch=patch))
+        conv_stem=conv_stem, patch=patch, token_conv=token_conv))
     return INRCT(hyper, inr)
 
 

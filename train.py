@@ -48,6 +48,7 @@ inr_tokens = 0            # number of INR tokens; 0: the preset's (tiny: 64, one
 inr_heads = 0             # attention heads of the ANR INR (must divide its width); 0: the preset's (tiny: 2)
 inr = 'anr'               # images: 'anr' (the ANR INR) | 'pixels' (tokens -> patches: pixel-space ECT, the baseline)
 conv_stem = 0             # channels of a full-resolution 3x3 conv stem added to the patch embedding; 0: off (DiT's)
+token_conv = 0            # kernel of a depthwise conv over the token grids in every feed-forward; 0: off (DiT's)
 local_gate = 1.0          # decoder queries start from the encoder's local features scaled by the signal share to this power; 0: off
 near = 0.8                # NeRF: ray interval and samples per ray (SRN Cars 0.8 / 1.8)
 far = 1.8
@@ -107,7 +108,7 @@ upgrade_checkpoint = ''   # PATH: give an older checkpoint its model and loss se
 # architecture keys: a checkpoint can only be resumed or sampled with the same values
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 ARCH_KEYS = ('dataset', 'resolution', 'preset', 'patch', 'pe_sigma', 'inr', 'inr_tokens', 'time_embed', 'time_scale',
-             'conv_stem', 'inr_heads')
+             'conv_stem', 'inr_heads', 'token_conv')
 
 
 def defaults():
@@ -188,7 +189,7 @@ CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels')
            'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('inr_tokens', 'inr_heads', 'conv_stem', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'stage0_decay', 'ect_max_stage', 'lr_full',
+NON_NEGATIVE = ('inr_tokens', 'inr_heads', 'conv_stem', 'token_conv', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'stage0_decay', 'ect_max_stage', 'lr_full',
                 'stage0_lr', 'grad_clip', 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff',
                 'max_minutes')
 POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
@@ -216,6 +217,9 @@ def check_config(cfg):
         bad.append(f"--micro_batch {cfg['micro_batch']} is larger than --batch_size {cfg['batch_size']}")
     if cfg['device'] == 'cuda' and not torch.cuda.is_available():
         bad.append(f"--device cuda: no CUDA device is visible (torch {torch.__version__}); use --device cpu or auto")
+    if cfg['token_conv'] % 2 == 0 and cfg['token_conv']:
+        bad.append(f"--token_conv {cfg['token_conv']}: the kernel must be odd (3, 5, ...) to keep the token grid's "
+                   f"size; 0 turns it off")
     if cfg['stage0_decay'] and not cfg['stage0_lr']:
         bad.append("--stage0_decay cools stage 0's own lr down: set --stage0_lr too (or --stage0_decay 0)")
     if cfg['resume'] and cfg['overwrite']:
@@ -243,7 +247,7 @@ def model_args(cfg):
                 dropout=cfg['dropout'], modality=cfg['modality'], near=cfg['near'], far=cfg['far'],
                 n_samples=cfg['n_samples'], local_gate=cfg['local_gate'], sigma_data=cfg['sigma_data'],
                 time_embed=cfg['time_embed'], time_scale=cfg['time_scale'], inr=cfg['inr'], inr_tokens=cfg['inr_tokens'],
-                conv_stem=cfg['conv_stem'], inr_heads=cfg['inr_heads'])
+                conv_stem=cfg['conv_stem'], inr_heads=cfg['inr_heads'], token_conv=cfg['token_conv'])
 
 
 def frozen_copy(module):

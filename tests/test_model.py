@@ -1,6 +1,7 @@
 """Hyper-network, image INR and their training signal: identities at init, LAL, any-resolution rendering,
 gradient flow through every loss term, and a tiny model overfitting one batch."""
 import copy
+import itertools
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from data import ShapesDataset
 from inr import ImageINR, jitter_grid, localised_attention, make_grid, positional_encoding, psnr, to_float
 from losses import INRCTLoss, LossConfig
-from model import HyperConfig, HyperNetwork, build_model, count_params
+from model import HyperConfig, HyperNetwork, TokenConv, build_model, count_params
 
 
 def test_paper_preset_counts_145_5M_within_5_percent():
@@ -80,6 +81,43 @@ def test_conv_stem_starts_as_no_change_and_reads_pixels_where_they_are():
     assert min(change[5], change[4]) > 20 * far              # its patch and the one across the border
     with pytest.raises(ValueError, match='conv_stem'):
         build_model('tiny', 8, 2, modality='occupancy', conv_stem=8)
+
+
+def test_token_conv_starts_as_no_change_and_mixes_only_grid_neighbours():
+    """--token_conv: zero at init (the model without it); it mixes a token with its grid neighbours only, in the
+    row-major layout of patchify, per view (NeRF: views one after another), and on 3D grids (voxels) as well."""
+    torch.manual_seed(0)
+    m = build_model('tiny', 32, 4, 32.0, token_conv=3)
+    x, c = torch.randn(2, 3, 32, 32), torch.tensor([-1.0, 0.5])
+    with_conv = m.encode(x, c)
+    for block in [*m.hyper.encoder, *m.hyper.decoder]:
+        block.ff.conv = None
+    assert torch.equal(with_conv, m.encode(x, c))
+    for side, dims, views in ((8, 2, 1), (8, 2, 2), (4, 3, 1)):
+        conv = TokenConv(5, side, dims, 3)
+        torch.nn.init.normal_(conv.conv.weight)
+        h = torch.randn(1, views * side ** dims, 5)
+        pos = (1, 2, 1)[:dims]                               # not symmetric: a transposed layout moves it
+        i = (views - 1) * side ** dims + sum(p * side ** (dims - 1 - k) for k, p in enumerate(pos))  # the last view's
+        g = h.clone()
+        g[0, i] += 1.0
+        changed = set(((conv(g) - conv(h)).abs().amax(-1)[0] > 1e-6).nonzero().flatten().tolist())
+        offsets = [sum(d * side ** k for k, d in enumerate(ds)) for ds in itertools.product((-1, 0, 1), repeat=dims)]
+        assert changed == {i + o for o in offsets}
+
+
+def test_bench_counts_a_grouped_conv_at_its_true_cost():
+    """bench.py's FLOP count: a depthwise conv's backward (grad-input and grad-weight) costs two of its forwards, where
+    torch's counter alone counts it as ungrouped; an ordinary conv keeps torch's count."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from bench import count_flops
+    depthwise, x = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64), torch.randn(2, 64, 8, 8, requires_grad=True)
+    forward = 2 * (2 * 64 * 8 * 8) * 9                       # 2 * outputs * (in channels per group * kernel)
+    assert count_flops(lambda: depthwise(x).sum().backward()) == 3 * forward
+    dense = torch.nn.Conv2d(64, 32, 3, padding=1)
+    with FlopCounterMode(display=False) as torch_count:
+        dense(x).sum().backward()
+    assert count_flops(lambda: dense(x).sum().backward()) == torch_count.get_total_flops() == 3 * 2 * (2 * 32 * 64) * 64 * 9
 
 
 def test_wrong_resolution_is_a_clear_error():

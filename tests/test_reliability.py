@@ -237,6 +237,7 @@ train.main({[*FAST, '--out_dir', str(out)]!r})
     (['--preset', 'huge'], "--preset 'huge' is not one of"),
     (['--near', '2', '--far', '1'], '--near 2.0 must be below --far 1.0'),
     (['--stage0_decay', '100'], "--stage0_decay cools stage 0's own lr down: set --stage0_lr too"),
+    (['--token_conv', '2'], "--token_conv 2: the kernel must be odd"),
 ])
 def test_bad_option_values_are_refused_with_a_message_each(args, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)').replace('[', r'\[')):
