@@ -158,6 +158,12 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, N, D))
 
 
+def inr_grid_side(cfg):
+    """The side of the grid the INR tokens lie on (K = side^dims), or 0 when their count is no such power."""
+    side = round(cfg.inr_tokens ** (1 / cfg.grid_dims))
+    return side if side ** cfg.grid_dims == cfg.inr_tokens else 0
+
+
 class TokenConv(nn.Module):
     """A depthwise k^n conv over tokens laid out as views of a side^n grid (B, views * side^n, C) -> same shape.
 
@@ -192,7 +198,7 @@ class FeedForward(nn.Module):
     def forward(self, x):
         if self.conv is None:
             return self.net(x)
-        h = self.net[1](self.net[0](x))
+        h = self.net[1](self.net[0](x))  # the Sequential's layers by index: checkpoints keep their names
         return self.net[3](self.net[2](h + self.conv(h)))
 
 
@@ -231,9 +237,8 @@ class DecoderBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(cfg.dim) for _ in range(3))
         self.self_attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
         self.cross_attn = Attention(cfg.dim, cfg.heads, cfg.dropout)
-        side = round(cfg.inr_tokens ** (1 / cfg.grid_dims))  # INR tokens on a grid when their count allows it
-        conv = (TokenConv(cfg.ff_dim, side, cfg.grid_dims, cfg.token_conv)
-                if cfg.token_conv and side ** cfg.grid_dims == cfg.inr_tokens else None)
+        side = inr_grid_side(cfg)
+        conv = TokenConv(cfg.ff_dim, side, cfg.grid_dims, cfg.token_conv) if cfg.token_conv and side else None
         self.ff = FeedForward(cfg.dim, cfg.ff_dim, cfg.dropout, conv)
 
     def forward(self, x, memory, c):  # x (B, K, D), memory (B, L, D), c (B, D)
@@ -303,9 +308,8 @@ class HyperNetwork(nn.Module):
         starts local (without it the decoder first learns only the mean colour: docs/design-notes.md).
         Non-square K falls back to learned queries.
         """
-        K, g, n = self.cfg.inr_tokens, self.cfg.grid, self.cfg.grid_dims
-        k = round(K ** (1 / n))
-        if k ** n != K:
+        g, n, k = self.cfg.grid, self.cfg.grid_dims, inr_grid_side(self.cfg)
+        if not k:
             return 0.0
         f = x[:, :g ** n].transpose(1, 2).reshape(x.shape[0], -1, *[g] * n)          # (B, D, g, g[, g])
         if n == 3:  # a voxel grid: trilinear (F.interpolate has no antialias in 3D; k <= g averages instead)
