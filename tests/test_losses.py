@@ -486,3 +486,14 @@ def test_step_lr_by_phase():
     # stage0_decay 3: stage 0 is steps 2-7, so steps 5, 6, 7 (3, 2, 1 steps left) fall linearly towards lr_full
     decay = [step_lr(s, {**cfg, 'stage0_decay': 3}, lcfg) for s in (4, 5, 6, 7, 8)]
     assert decay == pytest.approx([5e-4, 5e-4, 1e-4 + 4e-4 * 2 / 3, 1e-4 + 4e-4 / 3, 1e-4], rel=1e-12)
+
+
+def test_autoguidance_extrapolates_from_the_weaker_denoiser():
+    """tools/autoguidance: D = D_bad + w (D_good - D_bad): w = 1 is the good denoiser itself (one evaluation),
+    w = 0 the weak one, w = 2 past the good one by the same distance."""
+    from tools.autoguidance import guided
+    good, bad = (lambda x, t: 0.8 * x + t), (lambda x, t: 0.5 * x)
+    x = torch.randn(2, 3, 4, 4)
+    assert guided(good, bad, 1.0) is good
+    torch.testing.assert_close(guided(good, bad, 0.0)(x, 0.3), bad(x, 0.3))
+    torch.testing.assert_close(guided(good, bad, 2.0)(x, 0.3), 1.1 * x + 0.6)
