@@ -156,13 +156,15 @@ class ImageModality(Modality):
         return image, consistency_fn(render_big, x, 0, t, big, lcfg)[0]
 
     @torch.no_grad()
-    def generate_ode(self, model, seeds, n_steps, lcfg):
+    def generate_ode(self, model, seeds, n_steps, lcfg, denoise=None):
         """A diagnostic, not the method: n_steps of the ODE with the consistency function as the denoiser. After a
         stage-0 run (r = 0, f fits the clean image at every t) this is plain diffusion sampling: the ceiling that
-        1- and 2-step consistency samples of the same network can at best reach."""
+        1- and 2-step consistency samples of the same network can at best reach. denoise: another (x, t) -> D
+        on the same noises (tools/autoguidance.py)."""
         dev, R = next(model.parameters()).device, self.resolution
         x = lcfg.t_max * per_image_noise(seeds, (3, R, R), dev)
-        return ode_sample(denoiser(model, lcfg, R, dev, render=True), x, karras_times(n_steps, lcfg.t_max))
+        denoise = denoise or denoiser(model, lcfg, R, dev, render=True)
+        return ode_sample(denoise, x, karras_times(n_steps, lcfg.t_max))
 
     def nfe(self, steps, lcfg):
         """Network evaluations per generated image (without the query skip f(x, t_mid) is the INR itself)."""

@@ -11,7 +11,6 @@ test split; writes OUT/w{W}.png (64 samples each) and OUT/result.json.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -23,8 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import load_split  # noqa: E402
 from inr import denoiser, save_grid, to_uint8  # noqa: E402
-from losses import LossConfig, karras_times, ode_sample, per_image_noise  # noqa: E402
+from losses import LossConfig  # noqa: E402
 from model import load  # noqa: E402
+from tools.unet_control import score  # noqa: E402
 
 
 def guided(good, bad, w):
@@ -44,8 +44,7 @@ def main(argv):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out_dir', default='autoguidance')
     a = p.parse_args(argv)
-    models = [load(path, 'ema') for path in (a.ckpt, a.guide)]
-    (good, ckpt), (bad, bad_ckpt) = models
+    (good, ckpt), (bad, bad_ckpt) = (load(path, 'ema') for path in (a.ckpt, a.guide))
     if ckpt['config']['dataset'] != bad_ckpt['config']['dataset'] or good.inr.resolution != bad.inr.resolution:
         p.error('--ckpt and --guide must be trained on the same dataset at the same resolution')
     lcfg, R = LossConfig(**ckpt['loss']), good.inr.resolution
@@ -55,23 +54,18 @@ def main(argv):
     test = np.concatenate([c for c in good.inr.reference_arrays(load_split(ckpt['config'], 'test'))])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ref = os.path.join(tmp, 'test.npz')
-        np.savez(ref, samples=test)
         for w in [float(s) for s in a.w.split(',')]:
             chunks = []
             for i in tqdm(range(0, a.n, 100), desc=f'w {w:g}'):
-                seeds = [a.seed * 1_000_003 + j for j in range(i, min(i + 100, a.n))]
-                x = lcfg.t_max * per_image_noise(seeds, (3, R, R), None)
+                seeds = [a.seed * 1_000_003 + j for j in range(i, min(i + 100, a.n))]  # fid.py's seeds
                 with torch.no_grad():
-                    chunks.append(to_uint8(ode_sample(guided(d_good, d_bad, w), x, karras_times(a.ode, lcfg.t_max))))
+                    chunks.append(to_uint8(good.inr.generate_ode(good, seeds, a.ode, lcfg, guided(d_good, d_bad, w))))
             samples = torch.cat(chunks)
             save_grid(samples[:64], os.path.join(a.out_dir, f'w{w:g}.png'))
-            npz, out = os.path.join(tmp, 'samples.npz'), os.path.join(tmp, 'scores.json')
+            npz = os.path.join(tmp, 'samples.npz')
             np.savez(npz, samples=samples.numpy())
-            subprocess.run([sys.executable, os.path.join(ROOT, 'fid.py'), npz, ref, '--features', 'shapes',
-                            '--json', out], check=True, stdout=subprocess.DEVNULL)
-            s = json.load(open(out))
-            results[f'{w:g}'] = {k: s[k] for k in ('fd_shapes', 'precision', 'recall')}
+            scores = score(npz, test, tmp)
+            results[f'{w:g}'] = {k: scores[k] for k in ('fd_shapes', 'precision', 'recall')}
             print(f"w {w:g}: " + json.dumps(results[f'{w:g}']))
     json.dump(results, open(os.path.join(a.out_dir, 'result.json'), 'w'), indent=1)
 
