@@ -42,6 +42,7 @@ class LossConfig:
     t_mid: float = 0.821        # 2-step sampling: the noise level the 1-step sample is noised back to (ECT, iCT)
     distill: bool = False       # from stage 1 on, the target's input at r is one Euler step of a frozen denoiser's ODE
                                 # from x_t (consistency distillation, CD), not x_t's own noise scaled to r (CT)
+    guide_w: float = 1.0        # with a guide: that ODE's denoiser is D_guide + w (D - D_guide) (autoguidance)
 
 
 EDM_P = (-1.2, 1.2)  # EDM's training LogNormal(P_mean, P_std) of t
@@ -148,9 +149,14 @@ def ode_sample(denoise, x, times):
     return x
 
 
-def ode_step(denoiser, x_t, t, r, query, cfg):
-    """One Euler step of the probability-flow ODE dx/dt = (x - D(x, t)) / t from t to r (EDM), D the denoiser's f."""
+def ode_step(denoiser, x_t, t, r, query, cfg, guide=None):
+    """One Euler step of the probability-flow ODE dx/dt = (x - D(x, t)) / t from t to r (EDM), D the denoiser's f.
+    guide: a weaker model of the same data (an earlier snapshot); D = D_guide + guide_w (D - D_guide) then extrapolates
+    past what it gets wrong (autoguidance, Karras et al. 2024)."""
     d, _ = consistency_fn(denoiser, x_t, x_t, t, query, cfg)
+    if guide is not None:
+        g, _ = consistency_fn(guide, x_t, x_t, t, query, cfg)
+        d = g + cfg.guide_w * (d - g)
     return x_t + bcast((r - t) / t, x_t) * (x_t - d)
 
 
@@ -261,11 +267,12 @@ class INRCTLoss:
     False (NeRF: the query rays are another view): an independent draw for the target.
     teacher: the network used for the no-grad target at r (default: net itself, ECT/iCT).
     denoiser: with cfg.distill, the frozen network whose ODE step from x_t gives the target's input at r (train.py
-    sets it to the EMA weights at the start of stage 1).
+    sets it to the EMA weights at the start of stage 1); guide: optionally an earlier frozen snapshot that guides it
+    (ode_step).
     """
 
-    def __init__(self, cfg: LossConfig, denoiser=None):
-        self.cfg, self.denoiser = cfg, denoiser
+    def __init__(self, cfg: LossConfig, denoiser=None, guide=None):
+        self.cfg, self.denoiser, self.guide = cfg, denoiser, guide
 
     def __call__(self, net, batch, step, generator=None, teacher=None):
         cfg = self.cfg
@@ -292,7 +299,7 @@ class INRCTLoss:
                     raise ValueError("distill needs a frozen denoiser (INRCTLoss(cfg, denoiser)) and a signal that is "
                                      "both what the network reads and the target (images)")
                 with torch.no_grad():
-                    support_r = target_r = ode_step(self.denoiser, support_t, t, r_safe, query, cfg)
+                    support_r = target_r = ode_step(self.denoiser, support_t, t, r_safe, query, cfg, self.guide)
             else:  # CT: x_t's own noise scaled to r
                 support_r, target_r = support + bcast(r_safe, z_s) * z_s, target + bcast(r_safe, z_q) * z_q
             torch.random.set_rng_state(rng[0])

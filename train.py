@@ -75,6 +75,8 @@ stage0_lr = 0.0           # lr of stage 0 (0 = lr_full): denoising takes a highe
 stage0_decay = 0          # steps at the end of stage 0 over which its lr falls linearly to lr_full (0 = none)
 distill = False           # consistency distillation from stage 1 on: the target follows the ODE of the EMA denoiser
                           # frozen at stage 1's start (saved in the checkpoint), not x_t's own noise (images only)
+guide_step = 0            # --distill: the EMA frozen at this earlier step guides that denoiser (autoguidance; 0 = off)
+guide_w = 2.0             # the guided denoiser D_guide + guide_w (D - D_guide): w > 1 extrapolates past the guide
 weighting = 'inv_dt'      # w(t) = 1/(t - r) | 'ect': times c_out(t) without query_skip | 'uniform': t/(t - r)
                           # | 'uniform_gene': t/(t - r) for L_gene, 1/(t - r) for L_recon and L_diff
 ema_decay = 0.9999
@@ -189,10 +191,10 @@ CHOICES = {'dataset': DATASETS, 'modality': MODALITIES, 'inr': ('anr', 'pixels')
            'device': ('auto', 'cpu', 'cuda')}
 POSITIVE_INTS = ('resolution', 'patch', 'batch_size', 'n_samples', 'rays_per_object', 'points_per_object', 'ect_d', 'log_interval',
                  'sample_interval', 'ckpt_interval', 'nonfinite_limit')
-NON_NEGATIVE = ('inr_tokens', 'inr_heads', 'conv_stem', 'token_conv', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'stage0_decay', 'ect_max_stage', 'lr_full',
+NON_NEGATIVE = ('inr_tokens', 'inr_heads', 'conv_stem', 'token_conv', 'micro_batch', 'num_workers', 'max_iters', 'warmup_iters', 'ect_stage0', 'stage0_decay', 'guide_step', 'ect_max_stage', 'lr_full',
                 'stage0_lr', 'grad_clip', 'huber_c', 'boundary_sigma', 'lambda_gene', 'lambda_recon', 'lambda_diff',
                 'max_minutes')
-POSITIVE = ('lr', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
+POSITIVE = ('lr', 'guide_w', 'sigma_data', 'p_std', 'pe_sigma', 'time_scale', 'near', 'far')
 UNIT_INTERVAL = ('ema_decay', 'teacher_ema', 'dropout')  # [0, 1)
 
 
@@ -220,6 +222,10 @@ def check_config(cfg):
     if cfg['token_conv'] % 2 == 0 and cfg['token_conv']:
         bad.append(f"--token_conv {cfg['token_conv']}: the kernel must be odd (3, 5, ...) to keep the token grid's "
                    f"size; 0 turns it off")
+    stage1 = stage1_start(loss_config(cfg))
+    if cfg['guide_step'] and not (cfg['distill'] and cfg['guide_step'] < stage1):
+        bad.append(f"--guide_step {cfg['guide_step']} guides --distill's denoiser (frozen at stage 1's start, step "
+                   f"{stage1}) with an earlier snapshot: set --distill true and a step below {stage1}, or 0 for none")
     if cfg['stage0_decay'] and not cfg['stage0_lr']:
         bad.append("--stage0_decay cools stage 0's own lr down: set --stage0_lr too (or --stage0_decay 0)")
     if cfg['resume'] and cfg['overwrite']:
@@ -236,7 +242,7 @@ def loss_config(cfg):
                       shift_precond=cfg['shift_precond'], huber_c=cfg['huber_c'], metric=cfg['metric'],
                       query_skip=cfg['query_skip'], boundary_sigma=cfg['boundary_sigma'],
                       P_mean=cfg['p_mean'], P_std=cfg['p_std'], stage0_edm=cfg['stage0_edm'], t_mid=cfg['t_mid'],
-                      stage0_metric=cfg['stage0_metric'], distill=cfg['distill'],
+                      stage0_metric=cfg['stage0_metric'], distill=cfg['distill'], guide_w=cfg['guide_w'],
                       lambdas=(cfg['lambda_gene'], cfg['lambda_recon'], cfg['lambda_diff']))
 
 
@@ -251,7 +257,7 @@ def model_args(cfg):
 
 
 def frozen_copy(module):
-    """A copy for no-grad use only (the EMA, --distill's denoiser): no gradients, eval mode (no dropout)."""
+    """A copy for no-grad use only (the EMA, --distill's denoiser and guide): no gradients, eval mode (no dropout)."""
     return copy.deepcopy(module).requires_grad_(False).eval()
 
 
@@ -332,7 +338,7 @@ def main(argv):
     ckpt_path = os.path.join(cfg['out_dir'], 'ckpt.pt')
     lcfg = loss_config(cfg)
     stage1 = stage1_start(lcfg)  # the step at which --distill freezes its denoiser
-    denoiser = None
+    denoiser = guide = None
     if cfg['resume']:
         ckpt = load_checkpoint(ckpt_path, cfg)
         model.load_state_dict(ckpt['model'])
@@ -348,6 +354,12 @@ def main(argv):
         elif cfg['distill'] and step > stage1:
             raise ValueError(f"--distill: {ckpt_path} is at step {step}, past stage 1's start ({stage1}), and holds no "
                              f"frozen denoiser; resume a checkpoint from step {stage1} or before, or --distill false")
+        if cfg['guide_step'] and ckpt.get('guide') is not None:
+            guide = frozen_copy(ema)
+            guide.load_state_dict(ckpt['guide'])
+        elif cfg['guide_step'] and step > cfg['guide_step']:
+            raise ValueError(f"--guide_step {cfg['guide_step']}: {ckpt_path} is at step {step}, past it, and holds no "
+                             f"guide; resume a checkpoint from step {cfg['guide_step']} or before, or --guide_step 0")
         if master:
             print(f"resumed from {ckpt_path} at step {step}")
     if master:
@@ -355,7 +367,7 @@ def main(argv):
     net = DDP(model, device_ids=[local_rank] if use_cuda else None) if ddp else model
     if cfg['compile']:
         net = torch.compile(net)
-    loss_fn = INRCTLoss(lcfg, denoiser)
+    loss_fn = INRCTLoss(lcfg, denoiser, guide)
 
     def checkpoint():
         """Write ckpt.pt unless the weights are not finite or the last step was (then the old file stays)."""
@@ -369,6 +381,7 @@ def main(argv):
         save_checkpoint({'model': model.state_dict(), 'ema': ema.state_dict(), 'optimizer': opt.state_dict(),
                          'teacher': teacher.state_dict() if teacher is not None else None,
                          'denoiser': loss_fn.denoiser.state_dict() if loss_fn.denoiser is not None else None,
+                         'guide': loss_fn.guide.state_dict() if loss_fn.guide is not None else None,
                          'step': step, 'config': cfg, 'model_args': model_args(cfg),
                          'loss': asdict(loss_fn.cfg), 'rng': torch.get_rng_state()}, ckpt_path)
         return True
@@ -388,6 +401,8 @@ def main(argv):
             warm = step < cfg['warmup_iters']
             if cfg['distill'] and loss_fn.denoiser is None and step >= stage1:
                 loss_fn.denoiser = frozen_copy(ema)
+            if cfg['guide_step'] and loss_fn.guide is None and step >= cfg['guide_step']:
+                loss_fn.guide = frozen_copy(ema)
             raws = next(batches)  # this step's micro-batches, read on the CPU (by workers when num_workers > 0)
 
             def micro_batch(m):  # the batch and RNG of micro-step m of this rank (seeded by step and slot)

@@ -258,6 +258,25 @@ def test_distill_follows_the_denoisers_ode_and_with_the_exact_one_is_consistency
         INRCTLoss(cd)(net, batch, step, torch.Generator().manual_seed(3))
 
 
+def test_a_guided_denoiser_steps_the_ode_of_d_guide_plus_w_times_the_difference():
+    """With a guide, CD's ODE step uses D = D_guide + w (D - D_guide): for constant stand-ins D = a, D_guide = b it is
+    the step of the constant b + w (a - b); at w = 1 the guide changes nothing."""
+    cfg = LossConfig(warmup_iters=10, d=10, t_eps2=0.5, query_skip=False, distill=True)
+    g = torch.Generator().manual_seed(6)
+    a, b, y = (torch.randn(1 if i < 2 else 16, 3, 4, 4, dtype=torch.float64, generator=g) for i in range(3))
+    batch, step = {'support': y, 'target': y, 'query': None, 'shared_noise': True}, 35
+    net = LinearNet()
+
+    def loss(w, denoiser, guide=None):
+        return INRCTLoss(dataclasses.replace(cfg, guide_w=w), denoiser, guide)(
+            net, batch, step, torch.Generator().manual_seed(3))[0].item()
+    plain = loss(1.0, Constant(a))
+    assert loss(1.0, Constant(a), Constant(b)) == pytest.approx(plain, rel=1e-12)
+    for w in (0.0, 2.5):
+        assert loss(w, Constant(a), Constant(b)) == pytest.approx(loss(1.0, Constant(b + w * (a - b))), rel=1e-12)
+    assert abs(loss(2.5, Constant(a), Constant(b)) - plain) > 1e-3 * plain  # the guide does reach the target
+
+
 # stage 0 (every term pulls towards the clean target), stage 2; without the query skip only stage 0, since the
 # stand-in render below does not depend on t, so f(t) = f(r) and L_gene pulls on nothing
 @pytest.mark.parametrize('step,query_skip', [(10, True), (35, True), (10, False)])

@@ -143,12 +143,14 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path):
 
 
 def test_distill_freezes_its_denoiser_in_the_checkpoint_and_resumes_exactly(tmp_path):
-    """--distill snapshots the EMA at stage 1's start (step 4 here) into the checkpoint: a run stopped at step 7 and
-    resumed repeats the uninterrupted one; a checkpoint past step 4 without a denoiser is refused with the fix."""
+    """--distill snapshots the EMA at stage 1's start (step 4 here) into the checkpoint, and --guide_step its guide at
+    step 3: a run stopped at step 7 and resumed repeats the uninterrupted one; a checkpoint past step 4 without a
+    denoiser is refused with the fix."""
     ref, cut, plain = (str(tmp_path / n) for n in ('ref', 'cut', 'plain'))
-    args = [sys.executable, 'train.py', *FAST, '--max_iters', '12', '--lr_full', '3e-4', '--distill', 'true']
-    for a in ([*args, '--out_dir', ref], [*args, '--out_dir', cut, '--max_iters', '7'],
-              [*args, '--out_dir', cut, '--resume'], [*args, '--out_dir', plain, '--distill', 'false']):
+    args = [sys.executable, 'train.py', *FAST, '--max_iters', '12', '--lr_full', '3e-4', '--distill', 'true',
+            '--guide_step', '3']
+    for a in ([*args, '--out_dir', ref], [*args, '--out_dir', cut, '--max_iters', '7'], [*args, '--out_dir', cut,
+              '--resume'], [*args, '--out_dir', plain, '--distill', 'false', '--guide_step', '0']):
         r = run(a)
         assert r.returncode == 0, r.stderr[-2000:]
     expected = {rec['step']: rec['loss'] for rec in read_log(ref) if 'loss' in rec}
@@ -159,6 +161,8 @@ def test_distill_freezes_its_denoiser_in_the_checkpoint_and_resumes_exactly(tmp_
     ckpt = torch.load(os.path.join(ref, 'ckpt.pt'), weights_only=True)
     assert ckpt['denoiser'] is not None and not torch.equal(ckpt['denoiser']['hyper.embed.weight'],
                                                             ckpt['ema']['hyper.embed.weight'])
+    assert ckpt['guide'] is not None and not torch.equal(ckpt['guide']['hyper.embed.weight'],
+                                                         ckpt['denoiser']['hyper.embed.weight'])
     # the same run without --distill: the same losses up to stage 1, others once a teacher target moves the weights
     other = {rec['step']: rec['loss'] for rec in read_log(plain) if 'loss' in rec}
     assert all(other[s] == pytest.approx(expected[s], rel=1e-6) for s in range(1, 5))
@@ -167,6 +171,8 @@ def test_distill_freezes_its_denoiser_in_the_checkpoint_and_resumes_exactly(tmp_
     assert r.returncode != 0 and 'past stage 1\'s start (4), and holds no frozen denoiser' in r.stderr
     r = run([sys.executable, 'train.py', '--dataset', 'shapes3d', '--distill', 'true', '--dry_run'])
     assert r.returncode != 0 and 'with --modality nerf that is not the target' in r.stderr
+    r = run([sys.executable, 'train.py', *FAST, '--guide_step', '5', '--distill', 'true', '--dry_run'])
+    assert r.returncode != 0 and 'set --distill true and a step below 4' in r.stderr
 
 
 def test_lr_full_takes_over_when_the_warm_up_ends(tmp_path):
