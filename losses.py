@@ -149,14 +149,18 @@ def ode_sample(denoise, x, times):
     return x
 
 
+def autoguide(d, d_guide, w):
+    """Autoguidance (Karras et al. 2024): D_guide + w (D - D_guide), D_guide a weaker model of the same data (an earlier
+    snapshot), so that w > 1 extrapolates past what it gets wrong; w = 1 is D itself."""
+    return d_guide + w * (d - d_guide)
+
+
 def ode_step(denoiser, x_t, t, r, query, cfg, guide=None):
-    """One Euler step of the probability-flow ODE dx/dt = (x - D(x, t)) / t from t to r (EDM), D the denoiser's f.
-    guide: a weaker model of the same data (an earlier snapshot); D = D_guide + guide_w (D - D_guide) then extrapolates
-    past what it gets wrong (autoguidance, Karras et al. 2024)."""
+    """One Euler step of the probability-flow ODE dx/dt = (x - D(x, t)) / t from t to r (EDM), D the denoiser's f,
+    guided by guide's f with weight cfg.guide_w when given (autoguide)."""
     d, _ = consistency_fn(denoiser, x_t, x_t, t, query, cfg)
     if guide is not None:
-        g, _ = consistency_fn(guide, x_t, x_t, t, query, cfg)
-        d = g + cfg.guide_w * (d - g)
+        d = autoguide(d, consistency_fn(guide, x_t, x_t, t, query, cfg)[0], cfg.guide_w)
     return x_t + bcast((r - t) / t, x_t) * (x_t - d)
 
 

@@ -261,6 +261,16 @@ def frozen_copy(module):
     return copy.deepcopy(module).requires_grad_(False).eval()
 
 
+def frozen_snapshot(ckpt, key, like):
+    """The frozen weights a checkpoint keeps under key (--distill's denoiser, its guide) as a frozen_copy of like, or
+    None where it holds none."""
+    if ckpt.get(key) is None:
+        return None
+    snapshot = frozen_copy(like)
+    snapshot.load_state_dict(ckpt[key])
+    return snapshot
+
+
 def load_checkpoint(path, cfg=None):
     """Load a checkpoint on CPU; with cfg, refuse one whose architecture keys differ."""
     ckpt = read_checkpoint(path)
@@ -348,16 +358,12 @@ def main(argv):
         opt.load_state_dict(ckpt['optimizer'])
         step = ckpt['step']
         torch.set_rng_state(ckpt['rng'])
-        if cfg['distill'] and ckpt.get('denoiser') is not None:
-            denoiser = frozen_copy(ema)
-            denoiser.load_state_dict(ckpt['denoiser'])
-        elif cfg['distill'] and step > stage1:
+        denoiser = frozen_snapshot(ckpt, 'denoiser', ema) if cfg['distill'] else None
+        if cfg['distill'] and denoiser is None and step > stage1:
             raise ValueError(f"--distill: {ckpt_path} is at step {step}, past stage 1's start ({stage1}), and holds no "
                              f"frozen denoiser; resume a checkpoint from step {stage1} or before, or --distill false")
-        if cfg['guide_step'] and ckpt.get('guide') is not None:
-            guide = frozen_copy(ema)
-            guide.load_state_dict(ckpt['guide'])
-        elif cfg['guide_step'] and step > cfg['guide_step']:
+        guide = frozen_snapshot(ckpt, 'guide', ema) if cfg['guide_step'] else None
+        if cfg['guide_step'] and guide is None and step > cfg['guide_step']:
             raise ValueError(f"--guide_step {cfg['guide_step']}: {ckpt_path} is at step {step}, past it, and holds no "
                              f"guide; resume a checkpoint from step {cfg['guide_step']} or before, or --guide_step 0")
         if master:

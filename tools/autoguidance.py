@@ -22,16 +22,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import load_split  # noqa: E402
 from inr import denoiser, save_grid, to_uint8  # noqa: E402
-from losses import LossConfig  # noqa: E402
+from losses import LossConfig, autoguide  # noqa: E402
 from model import load  # noqa: E402
 from tools.unet_control import score  # noqa: E402
 
 
 def guided(good, bad, w):
-    """(x, t) -> D_bad + w (D_good - D_bad); w = 1 is the good model alone (one evaluation)."""
+    """(x, t) -> D_bad + w (D_good - D_bad) (losses.autoguide); w = 1 is the good model alone (one evaluation)."""
     if w == 1:
         return good
-    return lambda x, t: (lambda g, b: b + w * (g - b))(good(x, t), bad(x, t))
+    return lambda x, t: autoguide(good(x, t), bad(x, t), w)
 
 
 def main(argv):
