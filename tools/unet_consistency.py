@@ -79,7 +79,16 @@ def main(argv):
     data, rng, g = ShapesDataset('train', 32, cache_dir=cache_root()), np.random.default_rng(a.seed), torch.Generator()
     g.manual_seed(a.seed)
     test = ShapesDataset('test', 32).get(range(500)).numpy()
-    curve, start, tmp = {}, time.time(), tempfile.mkdtemp()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = distil(a, teacher, net, ema, cfg, opt, data, rng, g, test, tmp)
+    print(json.dumps(out, indent=1))
+    with open(os.path.join(a.out_dir, 'result.json'), 'w') as fh:
+        json.dump(out, fh, indent=1)
+
+
+def distil(a, teacher, net, ema, cfg, opt, data, rng, g, test, tmp):
+    """The training loop, then the 1- and 2-step scores and grids (the curve: 2 steps every 1,000 steps)."""
+    curve, start = {}, time.time()
     bar = tqdm(range(a.steps), desc='U-Net consistency distillation')
     for i in bar:
         step = a.stage + i
@@ -103,7 +112,7 @@ def main(argv):
         if (i + 1) % 1000 == 0 and i + 1 < a.steps:
             curve[i + 1] = scores(sample(ema, cfg, 2, 0), test, tmp)
             tqdm.write(f'step {i + 1}: 2 steps {curve[i + 1]}')
-    minutes = (time.time() - start) / 60
+    minutes = (time.time() - start) / 60  # training and the curve's scoring
     torch.save(ema.state_dict(), os.path.join(a.out_dir, 'ema.pt'))
     out = dict(teacher=a.teacher, steps=a.steps, stage=a.stage, minutes=minutes, threads=torch.get_num_threads())
     for steps in (1, 2):
@@ -112,9 +121,7 @@ def main(argv):
         out[f'{steps}_step'] = scores(s, test, tmp)
     curve[a.steps] = out['2_step']
     out['curve_2_step'] = curve
-    print(json.dumps(out, indent=1))
-    with open(os.path.join(a.out_dir, 'result.json'), 'w') as fh:
-        json.dump(out, fh, indent=1)
+    return out
 
 
 if __name__ == '__main__':
