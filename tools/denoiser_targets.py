@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from data import ShapesDataset, cache_root  # noqa: E402
 from inr import make_grid, to_float  # noqa: E402
-from losses import EDM_P, LossConfig, consistency_fn, distance  # noqa: E402
+from losses import EDM_P, LossConfig, consistency_fn, distance, update_ema  # noqa: E402
 from model import load, read_checkpoint, save_checkpoint  # noqa: E402
 from unet_control import UNet, denoise  # noqa: E402
 
@@ -68,9 +68,7 @@ def main(argv):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - a.ema_decay)
+        update_ema(ema, model, a.ema_decay)
         bar.set_postfix(loss=f'{loss.item():.3f}', refresh=False)
     ckpt['model'], ckpt['ema'] = model.state_dict(), ema.state_dict()
     save_checkpoint(ckpt, os.path.join(a.out_dir, 'ckpt.pt'))

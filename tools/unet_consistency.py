@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from data import ShapesDataset, cache_root  # noqa: E402
 from inr import save_grid, to_float, to_uint8  # noqa: E402
-from losses import LossConfig, c_in, c_out, c_skip, distance, r_of_t, sample_t  # noqa: E402
+from losses import LossConfig, c_in, c_out, c_skip, distance, r_of_t, sample_t, update_ema  # noqa: E402
 from unet_control import UNet, denoise, score  # noqa: E402
 
 
@@ -105,9 +105,7 @@ def distil(a, teacher, net, ema, cfg, opt, data, rng, g, test, tmp):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - a.ema_decay)
+        update_ema(ema, net, a.ema_decay)
         bar.set_postfix(loss=f'{loss.item():.3f}', stage=1 + i // a.stage, refresh=False)
         if (i + 1) % 1000 == 0 and i + 1 < a.steps:
             curve[i + 1] = scores(sample(ema, cfg, 2, 0), test, tmp)

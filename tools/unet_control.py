@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import ShapesDataset, cache_root  # noqa: E402
 from inr import denoiser, psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
-from losses import EDM_P, LossConfig, karras_times, ode_sample  # noqa: E402
+from losses import EDM_P, LossConfig, karras_times, ode_sample, update_ema  # noqa: E402
 from model import load  # noqa: E402
 
 SIGMA_DATA = 0.5
@@ -127,9 +127,7 @@ def train(a):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - a.ema_decay)
+        update_ema(ema, net, a.ema_decay)
         bar.set_postfix(loss=f'{loss.item():.4f}', refresh=False)
     return ema, time.time() - start
 
