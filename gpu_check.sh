@@ -8,6 +8,14 @@
 #     bash gpu_check.sh                                   # figures and logs in gpu_check/ (or in $OUT)
 #     PRESET=tiny BATCHES=8 STEPS=6 N=16 DEVICE=cpu bash gpu_check.sh   # the same plumbing, small, on CPU
 #
+# PART=gen runs instead the experiment the CPU cannot: the generation preset (configs/shapes_gen.py) with a larger
+# hyper-network, its schedule scaled by GEN_SCALE, stopped at GEN_MINUTES, then its 1- and 2-step samples scored in
+# shape features (recall: docs/generation.md) and drawn as grids (about 8 minutes; its own call):
+#
+#     PART=gen bash gpu_check.sh                          # GEN_PRESETS="small", batch 64, GEN_SCALE 0.5
+#     PART=gen GEN_PRESETS="tiny small" GEN_MINUTES=4 bash gpu_check.sh   # the shipped size beside it
+#     PART=gen GEN_PRESETS=tiny GEN_BATCH=8 GEN_SCALE=0.01 GEN_N=32 DEVICE=cpu bash gpu_check.sh   # plumbing, CPU
+#
 # Every figure is also in the JSON files it writes; gpu_check.log holds the whole output.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,6 +25,13 @@ BATCHES=${BATCHES:-32 128}   # bench.py batches; the training run uses the last
 STEPS=${STEPS:-300}          # training steps, the first third in the ETS warm-up
 N=${N:-1000}                 # 1-step samples
 DEVICE=${DEVICE:-cuda}
+PART=${PART:-checks}         # checks | gen
+GEN_PRESETS=${GEN_PRESETS:-small}
+GEN_BATCH=${GEN_BATCH:-64}
+GEN_SCALE=${GEN_SCALE:-0.5}  # the preset's step counts times this (at 4x its batch: 2x the images it sees)
+GEN_MINUTES=${GEN_MINUTES:-6}   # per preset: train.py stops and checkpoints here whatever the step
+GEN_N=${GEN_N:-500}          # samples scored per step count
+case $PART in checks|gen) ;; *) echo "PART=$PART: use PART=checks (the default) or PART=gen"; exit 2 ;; esac
 B=${BATCHES##* }             # the largest batch: the training run and the compiled bench use it
 EVERY=$((STEPS / 6 > 0 ? STEPS / 6 : 1))   # ECT stage length and log interval
 RUN=$(mktemp -d)             # the training run's checkpoint stays out of $OUT (only a few files come back)
@@ -25,7 +40,30 @@ export PYTHONUNBUFFERED=1
 failed=0
 check() { "$@" || { echo "FAILED ($?): $*"; failed=1; }; }   # a failed check does not stop the later ones
 
-{
+gen() {   # the generation preset with each of GEN_PRESETS: schedule scaled by GEN_SCALE, samples scored and drawn
+    date
+    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv; fi
+    scaled() { python -c "print(max(1, round($1 * $GEN_SCALE)))"; }
+    for p in $GEN_PRESETS; do
+        echo "== generation preset, $p model, batch $GEN_BATCH, schedule x $GEN_SCALE, at most $GEN_MINUTES min"
+        rm -rf "$RUN/$p"
+        check python train.py --config shapes_gen --preset "$p" --device "$DEVICE" --batch_size "$GEN_BATCH" \
+            --warmup_iters "$(scaled 1400)" --ect_stage0 "$(scaled 7000)" --stage0_decay "$(scaled 3000)" \
+            --guide_step "$(scaled 6000)" --ect_d "$(scaled 500)" --max_iters "$(scaled 13400)" \
+            --log_interval "$(scaled 500)" --sample_interval "$(scaled 13400)" --ckpt_interval "$(scaled 13400)" \
+            --max_minutes "$GEN_MINUTES" --num_workers 4 --out_dir "$RUN/$p"
+        check cp "$RUN/$p/log.jsonl" "$OUT/gen_${p}_log.jsonl"
+        for k in 1 2; do
+            check python fid.py --ckpt "$RUN/$p/ckpt.pt" --device "$DEVICE" --n "$GEN_N" --steps $k \
+                --features shapes --ref test --json "$OUT/gen_${p}_${k}step.json"
+            check python sample.py --ckpt "$RUN/$p/ckpt.pt" --device "$DEVICE" --steps $k --n 64 \
+                --out "$OUT/gen_${p}_${k}step.png"
+        done
+    done
+    date
+}
+
+checks() {
     date
     if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
     python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
@@ -65,6 +103,10 @@ w = d['data_samples_per_s_4_workers']; print(f'model {m:.0f} img/s, data with 4 
     check python bench.py --preset "$PRESET" --batch "$B" --device "$DEVICE" --compile --token_conv 3 \
         --json "$OUT/bench_compile_tokenconv_b$B.json"
     date
+}
+
+{
+    if [ "$PART" = gen ]; then gen; else checks; fi
     rm -rf "$RUN"
     if [ "$failed" = 1 ]; then echo "gpu_check: some checks FAILED (above)"; exit 1; fi
     echo "gpu_check: all checks passed"
