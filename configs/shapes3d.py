@@ -24,4 +24,4 @@ log_interval = 100
 sample_interval = 400
 ckpt_interval = 400
 max_minutes = 19.0
-time_scale = 1000.0 # the NeRF presets keep the time ladder they were measured with (docs/generation.md)
+time_scale = 1000.0 # the NeRF presets keep the time ladder they were measured with (docs/generation-log.md)

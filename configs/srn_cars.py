@@ -22,4 +22,4 @@ ema_decay = 0.9999
 log_interval = 100
 sample_interval = 5000
 ckpt_interval = 5000
-time_scale = 1000.0      # the NeRF presets keep the time ladder they were measured with (docs/generation.md)
+time_scale = 1000.0      # the NeRF presets keep the time ladder they were measured with (docs/generation-log.md)

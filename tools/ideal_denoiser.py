@@ -1,6 +1,6 @@
 """The ideal denoiser of a training set (the posterior mean over n_train images) run through losses.ode_sample, and
 its denoising PSNR by t on test images next to a checkpoint's f: a check of the ODE sampler (it must return
-training images) and the yardstick for `sample.py --ode` (docs/generation.md).
+training images) and the yardstick for `sample.py --ode` (docs/generation-log.md).
 
     python tools/ideal_denoiser.py --ckpt out/ckpt.pt [more checkpoints] --out ideal_ode.png
 """
