@@ -31,6 +31,7 @@ GEN_BATCH=${GEN_BATCH:-64}
 GEN_SCALE=${GEN_SCALE:-0.5}  # the preset's step counts times this (at 4x its batch: 2x the images it sees)
 GEN_MINUTES=${GEN_MINUTES:-6}   # per preset: train.py stops and checkpoints here whatever the step
 GEN_N=${GEN_N:-500}          # samples scored per step count
+GEN_ARGS=${GEN_ARGS:-}       # more train.py options for the generation runs, e.g. "--stage0_lr 3e-4 --compile true"
 case $PART in checks|gen) ;; *) echo "PART=$PART: use PART=checks (the default) or PART=gen"; exit 2 ;; esac
 B=${BATCHES##* }             # the largest batch: the training run and the compiled bench use it
 EVERY=$((STEPS / 6 > 0 ? STEPS / 6 : 1))   # ECT stage length and log interval
@@ -51,7 +52,7 @@ gen() {   # the generation preset with each of GEN_PRESETS: schedule scaled by G
             --warmup_iters "$(scaled 1400)" --ect_stage0 "$(scaled 7000)" --stage0_decay "$(scaled 3000)" \
             --guide_step "$(scaled 6000)" --ect_d "$(scaled 500)" --max_iters "$(scaled 13400)" \
             --log_interval "$(scaled 500)" --sample_interval "$(scaled 13400)" --ckpt_interval "$(scaled 13400)" \
-            --max_minutes "$GEN_MINUTES" --num_workers 4 --out_dir "$RUN/$p"
+            --max_minutes "$GEN_MINUTES" --num_workers 4 --out_dir "$RUN/$p" $GEN_ARGS
         check cp "$RUN/$p/log.jsonl" "$OUT/gen_${p}_log.jsonl"
         for k in 1 2; do
             check python fid.py --ckpt "$RUN/$p/ckpt.pt" --device "$DEVICE" --n "$GEN_N" --steps $k \
