@@ -42,17 +42,17 @@ failed=0
 check() { "$@" || { echo "FAILED ($?): $*"; failed=1; }; }   # a failed check does not stop the later ones
 
 gen() {   # the generation preset with each of GEN_PRESETS: schedule scaled by GEN_SCALE, samples scored and drawn
-    date
-    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv; fi
-    scaled() { python -c "print(max(1, round($1 * $GEN_SCALE)))"; }
+    # the preset's own step counts, scaled (so a change to configs/shapes_gen.py carries over)
+    schedule=$(python -c "import train; c = train.parse_config(['--config', 'shapes_gen'])
+keys = 'warmup_iters ect_stage0 stage0_decay guide_step ect_d max_iters'.split()
+s = {k: max(1, round(c[k] * $GEN_SCALE)) for k in keys}
+s.update(log_interval=s['ect_d'], sample_interval=s['max_iters'], ckpt_interval=s['max_iters'])
+print(' '.join(f'--{k} {v}' for k, v in s.items()))")
     for p in $GEN_PRESETS; do
-        echo "== generation preset, $p model, batch $GEN_BATCH, schedule x $GEN_SCALE, at most $GEN_MINUTES min"
+        echo "== generation preset, $p model, batch $GEN_BATCH, $schedule, at most $GEN_MINUTES min"
         rm -rf "$RUN/$p"
         check python train.py --config shapes_gen --preset "$p" --device "$DEVICE" --batch_size "$GEN_BATCH" \
-            --warmup_iters "$(scaled 1400)" --ect_stage0 "$(scaled 7000)" --stage0_decay "$(scaled 3000)" \
-            --guide_step "$(scaled 6000)" --ect_d "$(scaled 500)" --max_iters "$(scaled 13400)" \
-            --log_interval "$(scaled 500)" --sample_interval "$(scaled 13400)" --ckpt_interval "$(scaled 13400)" \
-            --max_minutes "$GEN_MINUTES" --num_workers 4 --out_dir "$RUN/$p" $GEN_ARGS
+            $schedule --max_minutes "$GEN_MINUTES" --num_workers 4 --out_dir "$RUN/$p" $GEN_ARGS
         check cp "$RUN/$p/log.jsonl" "$OUT/gen_${p}_log.jsonl"
         for k in 1 2; do
             check python fid.py --ckpt "$RUN/$p/ckpt.pt" --device "$DEVICE" --n "$GEN_N" --steps $k \
@@ -61,14 +61,9 @@ gen() {   # the generation preset with each of GEN_PRESETS: schedule scaled by G
                 --out "$OUT/gen_${p}_${k}step.png"
         done
     done
-    date
 }
 
 checks() {
-    date
-    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
-    python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
-
     echo "== CUDA tests (skipped without a GPU) and the fast-path tests"
     check python -m pytest -q -rs tests/test_cuda.py tests/test_fast_paths.py
 
@@ -103,11 +98,14 @@ w = d['data_samples_per_s_4_workers']; print(f'model {m:.0f} img/s, data with 4 
     echo "== the same with the token-grid conv (--token_conv 3: depthwise convs inside the feed-forwards)"
     check python bench.py --preset "$PRESET" --batch "$B" --device "$DEVICE" --compile --token_conv 3 \
         --json "$OUT/bench_compile_tokenconv_b$B.json"
-    date
 }
 
 {
+    date
+    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
+    python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())"
     if [ "$PART" = gen ]; then gen; else checks; fi
+    date
     rm -rf "$RUN"
     if [ "$failed" = 1 ]; then echo "gpu_check: some checks FAILED (above)"; exit 1; fi
     echo "gpu_check: all checks passed"
