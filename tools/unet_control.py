@@ -9,6 +9,10 @@ for a net without the skip grows as 1/t^2 at small t); --weight norm fits the pe
 
     python tools/unet_control.py [--steps 4600] [--x_pred] [--weight {edm,unit,norm}] [--out_dir unet_control]
 
+--patch_in 4 / --patch_out 4 give the U-Net the transformer's 8x8 grid on the input / output side, to ask which side
+of the grid costs the shapes; --inr_width 64 (with --x_pred --patch_out 4) then draws the image with the tiny preset's
+ANR INR, each grid cell one INR token, instead of the linear patch head: a conv hyper-network.
+
 --load U/ema.pt skips training; --inr_ckpt CKPT --inr_below T then hands the ODE's steps below noise level T to that
 train.py checkpoint (its render, or f with --inr_denoiser f), --inr_above T its steps at T and above, to find the
 noise range where the two part ways.
@@ -34,7 +38,7 @@ from tqdm import tqdm
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import ShapesDataset, cache_root  # noqa: E402
-from inr import denoiser, psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
+from inr import ImageINR, denoiser, jitter_grid, make_grid, psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
 from losses import EDM_P, LossConfig, karras_times, ode_sample, update_ema  # noqa: E402
 from model import load  # noqa: E402
 
@@ -59,24 +63,38 @@ class ResBlock(nn.Module):
 
 class UNet(nn.Module):
     """Two ResBlocks per level at 32^2, 16^2, 8^2 (widths 32, 64, 128), skips between matching levels: 2.4M
-    parameters."""
+    parameters. patch_in P reads the image as P x P patches (a stride-P conv straight to the level at 32/P, no
+    full-resolution levels before it); patch_out P stops the decoder at that level and draws each cell's P x P pixels
+    with one linear map, as a transformer's per-token patch head does (DiT's final layer, train.py's --inr pixels)."""
 
-    def __init__(self, widths=(32, 64, 128), emb=128):
+    def __init__(self, widths=(32, 64, 128), emb=128, patch_in=1, patch_out=1, inr_width=0):
         super().__init__()
-        self.emb = emb
+        k_in, k_out = int(math.log2(patch_in)), int(math.log2(patch_out))
+        if 2 ** k_in != patch_in or 2 ** k_out != patch_out or not k_in <= k_out < len(widths):
+            raise ValueError(f'patch_in {patch_in} / patch_out {patch_out}: use powers of two with patch_in <= '
+                             f'patch_out <= {2 ** (len(widths) - 1)}')
+        self.emb, self.patch_out = emb, patch_out
         self.embed = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.inp = nn.Conv2d(3, widths[0], 3, padding=1)
-        self.down, self.up, c = nn.ModuleList(), nn.ModuleList(), widths[0]
-        for w in widths:
+        c = widths[k_in]
+        self.inp = nn.Conv2d(3, c, 3, padding=1) if patch_in == 1 else nn.Conv2d(3, c, patch_in, stride=patch_in)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        for w in widths[k_in:]:
             self.down.append(nn.ModuleList([ResBlock(c, w, emb), ResBlock(w, w, emb)]))
             c = w
         self.mid = ResBlock(c, c, emb)
-        for w in reversed(widths):
+        for w in reversed(widths[k_out:]):
             self.up.append(nn.ModuleList([ResBlock(c + w, w, emb), ResBlock(w, w, emb)]))
             c = w
-        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1))
+        self.inr = None
+        if inr_width:  # each cell of the 32/P grid becomes one INR token of train.py's tiny ANR (x_pred only)
+            side = 32 // patch_out
+            self.inr = ImageINR(width=inr_width, depth=5, heads=2, tokens=side ** 2, pe_sigma=32.0, patch=patch_out)
+            self.token_b = nn.Parameter(torch.randn(side ** 2, inr_width))  # a learned place per token, as ours
+        head = inr_width or (3 * patch_out ** 2 if patch_out > 1 else 0)
+        self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(),
+                                 nn.Conv2d(c, head, 1) if head else nn.Conv2d(c, 3, 3, padding=1))
 
-    def forward(self, x, c_noise):
+    def forward(self, x, c_noise, query=None):
         freqs = torch.exp(-math.log(10000) * torch.arange(self.emb // 2, device=x.device) / (self.emb // 2))
         a = c_noise[:, None] * freqs  # EDM's unscaled ln(t)/4: smooth in t
         e = self.embed(torch.cat([a.cos(), a.sin()], dim=1))
@@ -92,24 +110,36 @@ class UNet(nn.Module):
             if h.shape[-1] != s.shape[-1]:
                 h = F.interpolate(h, scale_factor=2, mode='nearest')
             h = b2(b1(torch.cat([h, s], dim=1), e), e)
-        return self.out(h)
+        if self.inr is not None:
+            beta = self.out(h).flatten(2).transpose(1, 2) + self.token_b
+            return self.inr.render(beta, make_grid(32, 32, x.device) if query is None else query)
+        return F.pixel_shuffle(self.out(h), self.patch_out)
 
 
-def denoise(net, x, t, x_pred=False):
-    """EDM's preconditioned D(x, t); x_pred: c_skip 0, c_out 1 (the net draws the clean image itself)."""
+def denoise(net, x, t, x_pred=False, query=None):
+    """EDM's preconditioned D(x, t); x_pred: c_skip 0, c_out 1 (the net draws the clean image itself); query: the
+    INR's coordinates (--inr_width)."""
     t = t.reshape(-1, 1, 1, 1)
     c_in = 1 / (t ** 2 + SIGMA_DATA ** 2).sqrt()
     if x_pred:
         c_skip, c_out = 0 * t, 1 + 0 * t
     else:
         c_skip, c_out = SIGMA_DATA ** 2 / (t ** 2 + SIGMA_DATA ** 2), t * SIGMA_DATA * c_in
-    return c_skip * x + c_out * net(c_in * x, t.log().flatten() / 4)
+    return c_skip * x + c_out * (net(c_in * x, t.log().flatten() / 4) if query is None else
+                                 net(c_in * x, t.log().flatten() / 4, query))
+
+
+def build(a):
+    if a.inr_width and not (a.x_pred and a.patch_out > 1):
+        raise ValueError('--inr_width draws the clean image from the grid of --patch_out: '
+                         'add --x_pred and --patch_out 4')
+    return UNet(patch_in=a.patch_in, patch_out=a.patch_out, inr_width=a.inr_width)
 
 
 def train(a):
     torch.manual_seed(a.seed)
     data = ShapesDataset('train', 32, cache_dir=cache_root())
-    net, ema = UNet(), UNet()
+    net, ema = build(a), build(a)
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     rng = np.random.default_rng(a.seed)
@@ -119,7 +149,9 @@ def train(a):
         x = to_float(data.get(rng.integers(0, len(data), a.batch)))
         t = (torch.randn(a.batch) * EDM_P[1] + EDM_P[0]).exp()
         weight = (t ** 2 + SIGMA_DATA ** 2) / (t * SIGMA_DATA) ** 2 if a.weight == 'edm' else torch.ones_like(t)
-        err = denoise(net, x + t.reshape(-1, 1, 1, 1) * torch.randn_like(x), t, a.x_pred) - x
+        # ANR's variational coordinates: the INR is queried near, not at, the pixel centres while training
+        query = jitter_grid(make_grid(32, 32).expand(a.batch, 32, 32, 2)) if a.inr_width else None
+        err = denoise(net, x + t.reshape(-1, 1, 1, 1) * torch.randn_like(x), t, a.x_pred, query) - x
         if a.weight == 'norm':
             loss = err.flatten(1).norm(dim=1).mean()
         else:
@@ -174,6 +206,14 @@ def main(argv):
     p.add_argument('--weight', choices=('edm', 'unit', 'norm'), default='edm',
                    help="EDM's weight (unit loss on the skip form's net output), 1 on the squared x-space error, or "
                         "the error's per-image L2 norm")
+    p.add_argument('--patch_in', type=int, default=1,
+                   help="read the image as P x P patches (no full-resolution encoder)")
+    p.add_argument('--patch_out', type=int, default=1,
+                   help="draw each P x P patch from one cell of the 32/P grid by a linear map "
+                        "(no full-resolution decoder)")
+    p.add_argument('--inr_width', type=int, default=0,
+                   help="draw the image with train.py's tiny ANR INR, one token of this width per grid cell "
+                        "(64: tiny's)")
     p.add_argument('--ode', type=int, default=32, help='Euler steps of the sampler (fid.py --ode)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out_dir', default='unet_control')
@@ -187,7 +227,7 @@ def main(argv):
     a = p.parse_args(argv)
     os.makedirs(a.out_dir, exist_ok=True)
     if a.load:
-        net, seconds = UNet(), 0.0
+        net, seconds = build(a), 0.0
         net.load_state_dict(torch.load(a.load, map_location='cpu', weights_only=True))
     else:
         net, seconds = train(a)
@@ -198,6 +238,8 @@ def main(argv):
         scores = score(os.path.join(a.out_dir, 'samples.npz'), test, tmp)
     save_grid(samples[:64], os.path.join(a.out_dir, 'samples.png'))
     out = dict(steps=a.steps, minutes=seconds / 60, threads=torch.get_num_threads(), x_pred=a.x_pred, weight=a.weight,
+               patch_in=a.patch_in, patch_out=a.patch_out, inr_width=a.inr_width,
+               parameters=sum(p.numel() for p in net.parameters()),
                load=a.load, inr_ckpt=a.inr_ckpt, inr_below=a.inr_below, inr_above=a.inr_above,
                inr_denoiser=a.inr_denoiser, denoise_psnr=psnr, ode=a.ode, **scores)
     print(json.dumps(out, indent=1))
