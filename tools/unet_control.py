@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 from data import ShapesDataset, cache_root  # noqa: E402
 from inr import ImageINR, denoiser, jitter_grid, make_grid, psnr as psnr_of, save_grid, to_float, to_uint8  # noqa: E402
 from losses import EDM_P, LossConfig, karras_times, ode_sample, update_ema  # noqa: E402
-from model import load  # noqa: E402
+from model import INRCT_models, count_params, load  # noqa: E402
 
 SIGMA_DATA = 0.5
 
@@ -87,8 +87,9 @@ class UNet(nn.Module):
             c = w
         self.inr = None
         if inr_width:  # each cell of the 32/P grid becomes one INR token of train.py's tiny ANR (x_pred only)
-            side = 32 // patch_out
-            self.inr = ImageINR(width=inr_width, depth=5, heads=2, tokens=side ** 2, pe_sigma=32.0, patch=patch_out)
+            side, tiny = 32 // patch_out, INRCT_models['tiny']
+            self.inr = ImageINR(width=inr_width, depth=tiny['inr_depth'], heads=tiny['inr_heads'], tokens=side ** 2,
+                                pe_sigma=32.0, patch=patch_out)
             self.token_b = nn.Parameter(torch.randn(side ** 2, inr_width))  # a learned place per token, as ours
         head = inr_width or (3 * patch_out ** 2 if patch_out > 1 else 0)
         self.out = nn.Sequential(nn.GroupNorm(8, c), nn.SiLU(),
@@ -125,14 +126,13 @@ def denoise(net, x, t, x_pred=False, query=None):
         c_skip, c_out = 0 * t, 1 + 0 * t
     else:
         c_skip, c_out = SIGMA_DATA ** 2 / (t ** 2 + SIGMA_DATA ** 2), t * SIGMA_DATA * c_in
-    return c_skip * x + c_out * (net(c_in * x, t.log().flatten() / 4) if query is None else
-                                 net(c_in * x, t.log().flatten() / 4, query))
+    return c_skip * x + c_out * net(c_in * x, t.log().flatten() / 4, query)
 
 
 def build(a):
     if a.inr_width and not (a.x_pred and a.patch_out > 1):
         raise ValueError('--inr_width draws the clean image from the grid of --patch_out: '
-                         'add --x_pred and --patch_out 4')
+                         'add --x_pred and a --patch_out above 1 (4: our 8x8 grid)')
     return UNet(patch_in=a.patch_in, patch_out=a.patch_out, inr_width=a.inr_width)
 
 
@@ -239,7 +239,7 @@ def main(argv):
     save_grid(samples[:64], os.path.join(a.out_dir, 'samples.png'))
     out = dict(steps=a.steps, minutes=seconds / 60, threads=torch.get_num_threads(), x_pred=a.x_pred, weight=a.weight,
                patch_in=a.patch_in, patch_out=a.patch_out, inr_width=a.inr_width,
-               parameters=sum(p.numel() for p in net.parameters()),
+               parameters=count_params(net),
                load=a.load, inr_ckpt=a.inr_ckpt, inr_below=a.inr_below, inr_above=a.inr_above,
                inr_denoiser=a.inr_denoiser, denoise_psnr=psnr, ode=a.ode, **scores)
     print(json.dumps(out, indent=1))
